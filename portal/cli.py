@@ -1,0 +1,155 @@
+"""Flask commands (design.md, "Configuration and commands"). Each commits once."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import click
+from flask import Flask
+
+from portal.extensions import db
+from portal.services import accounts, departments, devices
+from portal.services.actors import CLI
+from portal.services.audit import verify_audit_chain
+from portal.services.errors import ServiceError
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _fail(exc: ServiceError) -> click.ClickException:
+    db.session.rollback()
+    message = exc.message
+    if getattr(exc, "field_errors", None):
+        message = "; ".join(f"{field}: {' '.join(msgs)}"
+                            for field, msgs in exc.field_errors.items())
+    return click.ClickException(message)
+
+
+def _department(name: str):
+    department = departments.find_department(name)
+    if department is None:
+        raise click.ClickException(f"No department named “{name}”.")
+    return department
+
+
+def init_commands(app: Flask) -> None:
+    @app.cli.group("departments", help="Manage departments.")
+    def departments_group() -> None:
+        pass
+
+    @departments_group.command("create")
+    @click.argument("name")
+    def create_department(name: str) -> None:
+        """Create a department with default settings (idempotent)."""
+        existing = departments.find_department(" ".join(name.split()))
+        if existing is not None:
+            click.echo(f"Department “{existing.name}” already exists (id {existing.id}).")
+            return
+        try:
+            department = departments.create_department(name=name, actor=CLI, now=_now())
+        except ServiceError as exc:
+            raise _fail(exc) from None
+        db.session.commit()
+        click.echo(f"Created department “{department.name}” (id {department.id}).")
+
+    @app.cli.group("users", help="Manage users and their roles.")
+    def users_group() -> None:
+        pass
+
+    @users_group.command("create")
+    @click.argument("email")
+    @click.option("--password", help="Password of a new user (at least 10 characters).")
+    @click.option("--role", required=True, type=click.Choice(accounts.ALL_ROLES))
+    @click.option("--department", "department_name",
+                  help="Department of the role (every role but admin).")
+    def create_user(email: str, password: str | None, role: str,
+                    department_name: str | None) -> None:
+        """Create a user, or add a role to an existing one."""
+        department = _department(department_name) if department_name else None
+        existed = accounts.find_user(email) is not None
+        try:
+            user = accounts.create_or_update_user(email=email, password=password, role=role,
+                                                  department=department, actor=CLI, now=_now())
+        except ServiceError as exc:
+            raise _fail(exc) from None
+        db.session.commit()
+        where = f" in “{department.name}”" if department else ""
+        verb = "Updated" if existed else "Created"
+        note = " (password unchanged)" if existed and password else ""
+        click.echo(f"{verb} {user.email}: {role}{where}{note}.")
+
+    @users_group.command("disable")
+    @click.argument("email")
+    def disable_user(email: str) -> None:
+        """Disable a user: ends their sign-in sessions and revokes their tokens."""
+        user = accounts.find_user(email)
+        if user is None:
+            raise click.ClickException(f"No user {email}.")
+        accounts.set_user_enabled(user=user, enabled=False, actor=CLI, now=_now())
+        db.session.commit()
+        click.echo(f"Disabled {user.email}; their sessions and tokens no longer work.")
+
+    @app.cli.group("devices", help="Manage devices.")
+    def devices_group() -> None:
+        pass
+
+    @devices_group.command("create")
+    @click.argument("name")
+    @click.option("--department", "department_name", required=True)
+    @click.option("--os", "os_name", default="")
+    @click.option("--ip", "ip_address", default="")
+    @click.option("--group", "group_name", help="Device group (created when missing).")
+    def create_device(name: str, department_name: str, os_name: str, ip_address: str,
+                      group_name: str | None) -> None:
+        """Create a device and print its agent token (shown once, on the last line)."""
+        department = _department(department_name)
+        now = _now()
+        try:
+            group_id = None
+            if group_name:
+                group = next((g for g, _ in devices.list_groups(department)
+                              if g.name == " ".join(group_name.split())), None)
+                if group is None:
+                    group = devices.create_group(department=department, name=group_name,
+                                                 actor=CLI, now=now)
+                group_id = group.id
+            device, token = devices.create_device(
+                department=department, name=name, os=os_name, ip_address=ip_address,
+                group_id=group_id, actor=CLI, now=now)
+        except ServiceError as exc:
+            raise _fail(exc) from None
+        db.session.commit()
+        click.echo(f"Created device {device.name} in “{department.name}”. "
+                   "Its agent token (shown once):")
+        click.echo(token)
+
+    @app.cli.group("tokens", help="Manage API tokens.")
+    def tokens_group() -> None:
+        pass
+
+    @tokens_group.command("create")
+    @click.option("--user", "email", required=True)
+    def create_token(email: str) -> None:
+        """Create an API token for a user and print it (shown once, on the last line)."""
+        user = accounts.find_user(email)
+        if user is None:
+            raise click.ClickException(f"No user {email}.")
+        token = accounts.create_user_token(user=user, actor=CLI, now=_now())
+        db.session.commit()
+        click.echo(f"API token for {user.email} (shown once):")
+        click.echo(token)
+
+    @app.cli.group("audit", help="The audit trail.")
+    def audit_group() -> None:
+        pass
+
+    @audit_group.command("verify")
+    def verify() -> None:
+        """Exit 0 when the hash chain is intact, else 1 naming the first bad event."""
+        checked, broken = verify_audit_chain()
+        if broken is None:
+            click.echo(f"Audit trail intact: {checked} events verified.")
+            return
+        click.echo(f"Audit trail broken at event #{broken.seq}: {broken.reason}.", err=True)
+        raise SystemExit(1)

@@ -1,0 +1,150 @@
+"""`flask --app portal demo`: a newcomer's portal in one command.
+
+Registered as a Flask CLI plugin command (entry point "flask.commands"), so it runs before
+any app is loaded: it creates the instance secret key, migrates the SQLite database, seeds
+demo data (idempotently), prints the sign-ins and serves http://127.0.0.1:5000.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timezone
+
+import click
+from sqlalchemy import select
+
+from portal.extensions import db
+
+DEMO_PASSWORD = "session-gate-demo"
+
+DEPARTMENTS = {
+    "QA Team": {
+        "groups": ["Build Agents", "Testers"],
+        "devices": [
+            ("WIN-0859G9I39J0", "Windows 11 Pro", "10.20.0.21", "Testers"),
+            ("WIN-QA-LAPTOP-02", "Windows 10 Enterprise", "10.20.0.22", "Testers"),
+            ("BUILD-AGENT-01", "Windows Server 2022", "10.20.1.10", "Build Agents"),
+            ("ubuntu-qa-03", "Ubuntu 24.04", "10.20.0.23", None),
+        ],
+        "excluded_groups": ["Build Agents"],
+        "excluded_devices": [],
+        "settings": {"is_confirmation_shown": True, "is_email_authorization_required": True,
+                     "email_recipients": "approver@example.com\nqa-admin@example.com"},
+    },
+    "Sales Team": {
+        "groups": ["Laptops"],
+        "devices": [
+            ("WIN-SALES-01", "Windows 11 Pro", "10.30.0.11", "Laptops"),
+            ("MAC-SALES-02", "macOS 15", "10.30.0.12", "Laptops"),
+            ("WIN-SALES-KIOSK", "Windows 11 IoT", "10.30.0.50", None),
+        ],
+        "excluded_groups": [],
+        "excluded_devices": ["WIN-SALES-KIOSK"],
+        "settings": {"is_confirmation_shown": True, "is_shown_when_locked": True},
+    },
+}
+
+USERS = [
+    ("admin@example.com", "admin", None),
+    ("qa-admin@example.com", "department_admin", "QA Team"),
+    ("sales-admin@example.com", "department_admin", "Sales Team"),
+    ("approver@example.com", "approver", "QA Team"),
+    ("approver@example.com", "approver", "Sales Team"),
+    ("auditor@example.com", "auditor", "QA Team"),
+    ("auditor@example.com", "auditor", "Sales Team"),
+    ("technician@example.com", "technician", "QA Team"),
+    ("technician@example.com", "technician", "Sales Team"),
+]
+
+
+def demo_token(secret_key: str, name: str) -> str:
+    """Stable per instance, so running demo again prints the same working tokens."""
+    return hmac.new(secret_key.encode(), f"demo token {name}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def seed(app) -> list[tuple[str, str]]:
+    """Create whatever of the demo data is missing; return (label, token) pairs."""
+    from portal.models import ApiToken, Device
+    from portal.services import accounts, crypto, departments, devices
+    from portal.services.actors import Actor
+
+    actor = Actor(label="demo")
+    now = datetime.now(timezone.utc)
+    for name, spec in DEPARTMENTS.items():
+        department = departments.find_department(name)
+        if department is not None:
+            continue
+        department = departments.create_department(name=name, actor=actor, now=now)
+        groups = {g: devices.create_group(department=department, name=g, actor=actor, now=now)
+                  for g in spec["groups"]}
+        for device_name, os_name, ip, group in spec["devices"]:
+            devices.create_device(department=department, name=device_name, os=os_name,
+                                  ip_address=ip, group_id=groups[group].id if group else None,
+                                  actor=actor, now=now)
+        for group in spec["excluded_groups"]:
+            departments.add_exclusion(department=department, target=f"group:{groups[group].id}",
+                                      actor=actor, now=now)
+        for device_name in spec["excluded_devices"]:
+            device = devices.find_device(device_name)
+            departments.add_exclusion(department=department, target=f"device:{device.id}",
+                                      actor=actor, now=now)
+        values = departments.settings_values(department.settings) | spec["settings"]
+        departments.update_settings(department=department, values=values, actor=actor, now=now)
+    for email, role, department_name in USERS:
+        department = departments.find_department(department_name) if department_name else None
+        accounts.create_or_update_user(email=email, password=None
+                                       if accounts.find_user(email) else DEMO_PASSWORD,
+                                       role=role, department=department, actor=actor, now=now)
+
+    tokens = []
+    key = app.config["SECRET_KEY"]
+    owners = [("technician@example.com (user token)", accounts.find_user("technician@example.com"),
+               None)]
+    owners += [(f"{d.name} (device token)", None, d)
+               for d in db.session.scalars(select(Device).order_by(Device.name))
+               if d.name in {"WIN-0859G9I39J0", "WIN-SALES-01"}]
+    for label, user, device in owners:
+        token = demo_token(key, label)
+        digest = crypto.keyed_hash(token)
+        if db.session.scalar(select(ApiToken.id).where(ApiToken.token_hash == digest)) is None:
+            db.session.add(ApiToken(token_hash=digest, user_id=user.id if user else None,
+                                    device_id=device.id if device else None, created_at=now))
+        tokens.append((label, token))
+    db.session.flush()
+    return tokens
+
+
+@click.command("demo")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True)
+@click.option("--no-serve", is_flag=True, help="Seed and print the sign-ins, then exit.")
+def demo_command(host: str, port: int, no_serve: bool) -> None:
+    """Create, migrate and seed a demo database, then serve the portal."""
+    from flask_migrate import upgrade
+
+    from portal import create_app
+
+    app = create_app({"DEMO": True})
+    with app.app_context():
+        upgrade()
+        tokens = seed(app)
+        db.session.commit()
+    click.echo("\nSession Gate demo — sign in at http://%s:%d/login" % (host, port))
+    click.echo(f"Every demo user's password: {DEMO_PASSWORD}\n")
+    click.echo(f"  {'email':<28} role")
+    shown = {}
+    for email, role, department in USERS:
+        shown.setdefault(email, []).append(role + (f" ({department})" if department else ""))
+    for email, roles in shown.items():
+        click.echo(f"  {email:<28} {', '.join(roles)}")
+    click.echo("\nAPI tokens:")
+    for label, token in tokens:
+        click.echo(f"  {label}: {token}")
+    click.echo(f"\nDatabase: {app.config['SQLALCHEMY_DATABASE_URI']}")
+    if no_serve:
+        return
+    from werkzeug.serving import run_simple
+
+    # Threaded, so a held long-poll never blocks other requests.
+    run_simple(host, port, app, threaded=True, use_reloader=False)

@@ -1,0 +1,25 @@
+"""Typed SQLAlchemy models, one module per aggregate."""
+from portal.models.accounts import ApiToken, LoginSession, LoginThrottle, Membership, User
+from portal.models.audit import AuditChainHead, AuditEvent
+from portal.models.departments import (
+    Department,
+    DepartmentSettings,
+    Device,
+    DeviceGroup,
+    Exclusion,
+)
+
+__all__ = [
+    "ApiToken",
+    "AuditChainHead",
+    "AuditEvent",
+    "Department",
+    "DepartmentSettings",
+    "Device",
+    "DeviceGroup",
+    "Exclusion",
+    "LoginSession",
+    "LoginThrottle",
+    "Membership",
+    "User",
+]

@@ -1,0 +1,200 @@
+"""Devices and device groups of a department."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
+
+from portal.extensions import db
+from portal.models import Department, Device, DeviceGroup
+from portal.services import accounts
+from portal.services.actors import Actor
+from portal.services.audit import record_event
+from portal.services.departments import clean_name
+from portal.services.errors import InvalidInputError, NotFoundError
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    next_after: str | None  # key of the last row when there may be more
+
+
+def _clean_ip(raw: str | None) -> str:
+    raw = (raw or "").strip()
+    if not raw:
+        return ""
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise InvalidInputError({"ip_address": ["Enter an IPv4 or IPv6 address."]}) from None
+
+
+def _clean_os(raw: str | None) -> str:
+    value = " ".join((raw or "").split())
+    if len(value) > 100 or not value.isprintable():
+        raise InvalidInputError({"os": ["Keep the OS to 100 printable characters."]})
+    return value
+
+
+def _group_of(department: Department, group_id: int | None) -> DeviceGroup | None:
+    if group_id is None:
+        return None
+    group = db.session.get(DeviceGroup, group_id)
+    if group is None or group.department_id != department.id:
+        raise InvalidInputError({"group_id": ["Choose a group of this department."]})
+    return group
+
+
+def find_device(name: str) -> Device | None:
+    return db.session.scalar(select(Device).where(Device.name == name))
+
+
+def get_device(department: Department, device_id: int) -> Device:
+    device = db.session.get(Device, device_id)
+    if device is None or device.department_id != department.id:
+        raise NotFoundError("No such device in this department.")
+    return device
+
+
+def create_device(*, department: Department, name: str, os: str = "", ip_address: str = "",
+                  group_id: int | None = None, actor: Actor, now: datetime
+                  ) -> tuple[Device, str]:
+    """Create a device and its agent token; the token is returned once, never stored."""
+    name = clean_name(name)
+    if find_device(name) is not None:
+        raise InvalidInputError({"name": [f"A device named “{name}” already exists."]})
+    device = Device(name=name, os=_clean_os(os), ip_address=_clean_ip(ip_address),
+                    department_id=department.id, group=_group_of(department, group_id),
+                    is_locked=False, created_at=now)
+    db.session.add(device)
+    db.session.flush()
+    record_event(actor=actor, action="device.created", target_type="device",
+                 target_id=device.id, department_id=department.id, now=now,
+                 details={"name": name, "os": device.os, "ip_address": device.ip_address,
+                          "group": device.group.name if device.group else None})
+    token = accounts.create_device_token(device=device, actor=actor, now=now)
+    return device, token
+
+
+def update_device(*, department: Department, device: Device, name: str, os: str,
+                  ip_address: str, group_id: int | None, actor: Actor, now: datetime) -> None:
+    name = clean_name(name)
+    other = find_device(name)
+    if other is not None and other.id != device.id:
+        raise InvalidInputError({"name": [f"A device named “{name}” already exists."]})
+    new = {"name": name, "os": _clean_os(os), "ip_address": _clean_ip(ip_address),
+           "group": _group_of(department, group_id)}
+    changes = {}
+    for field, value in new.items():
+        old = getattr(device, field)
+        if old != value:
+            changes[field] = {
+                "old": old.name if isinstance(old, DeviceGroup) else old,
+                "new": value.name if isinstance(value, DeviceGroup) else value,
+            }
+            setattr(device, field, value)
+    if changes:
+        db.session.flush()
+        record_event(actor=actor, action="device.updated", target_type="device",
+                     target_id=device.id, department_id=department.id, now=now,
+                     details={"name": device.name, "changes": changes})
+
+
+def delete_device(*, department: Department, device: Device, actor: Actor,
+                  now: datetime) -> None:
+    name = device.name
+    device_id = device.id
+    db.session.delete(device)
+    db.session.flush()
+    record_event(actor=actor, action="device.deleted", target_type="device",
+                 target_id=device_id, department_id=department.id, now=now,
+                 details={"name": name})
+
+
+def list_devices(department: Department, *, after: str | None, limit: int) -> Page:
+    """One page of devices ordered by name, keyed on the last name shown."""
+    query = (
+        select(Device)
+        .where(Device.department_id == department.id)
+        .options(joinedload(Device.group))
+        .order_by(Device.name)
+        .limit(limit + 1)
+    )
+    if after:
+        query = query.where(Device.name > after)
+    rows = list(db.session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, rows[-1].name if more and rows else None)
+
+
+# --- groups --------------------------------------------------------------------------
+
+
+def get_group(department: Department, group_id: int) -> DeviceGroup:
+    group = db.session.get(DeviceGroup, group_id)
+    if group is None or group.department_id != department.id:
+        raise NotFoundError("No such group in this department.")
+    return group
+
+
+def list_groups(department: Department) -> list[tuple[DeviceGroup, int]]:
+    """Groups with their device counts, in one query."""
+    counts = (
+        select(Device.group_id, func.count(Device.id).label("n"))
+        .where(Device.department_id == department.id)
+        .group_by(Device.group_id)
+        .subquery()
+    )
+    rows = db.session.execute(
+        select(DeviceGroup, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.group_id == DeviceGroup.id)
+        .where(DeviceGroup.department_id == department.id)
+        .order_by(DeviceGroup.name)
+    ).all()
+    return [(group, count) for group, count in rows]
+
+
+def create_group(*, department: Department, name: str, actor: Actor, now: datetime
+                 ) -> DeviceGroup:
+    name = clean_name(name)
+    if db.session.scalar(select(DeviceGroup.id).where(
+            DeviceGroup.department_id == department.id, DeviceGroup.name == name)):
+        raise InvalidInputError({"name": [f"A group named “{name}” already exists here."]})
+    group = DeviceGroup(department_id=department.id, name=name, created_at=now)
+    db.session.add(group)
+    db.session.flush()
+    record_event(actor=actor, action="group.created", target_type="group", target_id=group.id,
+                 department_id=department.id, now=now, details={"name": name})
+    return group
+
+
+def rename_group(*, department: Department, group: DeviceGroup, name: str, actor: Actor,
+                 now: datetime) -> None:
+    name = clean_name(name)
+    if name == group.name:
+        return
+    if db.session.scalar(select(DeviceGroup.id).where(
+            DeviceGroup.department_id == department.id, DeviceGroup.name == name)):
+        raise InvalidInputError({"name": [f"A group named “{name}” already exists here."]})
+    old = group.name
+    group.name = name
+    db.session.flush()
+    record_event(actor=actor, action="group.renamed", target_type="group", target_id=group.id,
+                 department_id=department.id, now=now, details={"old": old, "new": name})
+
+
+def delete_group(*, department: Department, group: DeviceGroup, actor: Actor,
+                 now: datetime) -> None:
+    """Devices of the group stay, without a group; the group's exclusion goes with it."""
+    name, group_id = group.name, group.id
+    for device in db.session.scalars(select(Device).where(Device.group_id == group_id)):
+        device.group = None
+    db.session.delete(group)
+    db.session.flush()
+    record_event(actor=actor, action="group.deleted", target_type="group", target_id=group_id,
+                 department_id=department.id, now=now, details={"name": name})

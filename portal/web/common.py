@@ -1,0 +1,66 @@
+"""Small helpers shared by the page blueprints."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from urllib.parse import urlsplit
+
+from flask import flash, make_response, redirect, render_template, request
+from flask_login import current_user
+
+from portal.services import authz
+from portal.services.actors import Actor
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def client_ip() -> str:
+    return request.remote_addr or ""
+
+
+def current_actor() -> Actor:
+    return Actor.for_user(current_user, client_ip())
+
+
+def department_or_403(department_id: int, action: str):
+    return authz.department_for(current_user, department_id, action)
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def safe_next(target: str | None, default: str) -> str:
+    """Only local paths: no scheme, no host, no protocol-relative or backslash tricks."""
+    if not target:
+        return default
+    target = target.strip()
+    if any(ch in target for ch in ("\\", "\r", "\n", "\t")):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return default
+    return target
+
+
+def fragment(template: str, status: int = 200, flash_message: str | None = None,
+             category: str = "success", **context):
+    """An htmx answer: the fragment, plus an out-of-band flash message when given."""
+    body = render_template(template, **context)
+    if flash_message:
+        body += render_template("_macros/_oob_flash.html", message=flash_message,
+                                category=category)
+    response = make_response(body, status)
+    return response
+
+
+def done(message: str, url: str, *, category: str = "success"):
+    """After a change: flash and go to `url` — a 303 for a plain form (the browser GETs),
+    HX-Redirect for htmx (never a 302 to an htmx request)."""
+    flash(message, category)
+    if is_htmx():
+        response = make_response("", 204)
+        response.headers["HX-Redirect"] = url
+        return response
+    return redirect(url, code=303)

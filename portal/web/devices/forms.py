@@ -1,0 +1,26 @@
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, SelectField, StringField
+from wtforms.validators import InputRequired, Length, Optional
+
+
+def _group_id(value):
+    return int(value) if value not in (None, "", "None") else None
+
+
+class DeviceForm(FlaskForm):
+    name = StringField("Device name", validators=[InputRequired("Enter a name."), Length(max=100)],
+                       render_kw={"placeholder": "WIN-0859G9I39J0", "autocomplete": "off"})
+    os = StringField("OS", validators=[Optional(), Length(max=100)],
+                     render_kw={"placeholder": "Windows 11 Pro"})
+    ip_address = StringField("IP address", validators=[Optional(), Length(max=45)],
+                             render_kw={"placeholder": "10.0.0.12", "inputmode": "decimal"})
+    group_id = SelectField("Group", coerce=_group_id, choices=[], validate_choice=False)
+
+
+class GroupForm(FlaskForm):
+    name = StringField("Group name", validators=[InputRequired("Enter a name."), Length(max=100)],
+                       render_kw={"placeholder": "QA Team"})
+
+
+class DeleteForm(FlaskForm):
+    confirm = BooleanField("Yes, delete it", validators=[InputRequired("Tick the box to confirm.")])

@@ -1,0 +1,185 @@
+"""Devices and device groups of a department."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template, request, url_for
+from flask_login import current_user, login_required
+from wtforms.fields.choices import SelectChoice
+
+from portal.extensions import db
+from portal.services import authz, devices as service
+from portal.services.errors import InvalidInputError
+from portal.web.common import current_actor, department_or_403, done, utcnow
+from portal.web.departments.views import _apply_errors
+from portal.web.devices.forms import DeleteForm, DeviceForm, GroupForm
+
+bp = Blueprint("devices", __name__, url_prefix="/departments/<int:department_id>")
+
+
+@bp.before_request
+@login_required
+def _signed_in() -> None:
+    """Every page here needs a signed-in user."""
+
+
+def _device_form(department, **kwargs) -> DeviceForm:
+    form = DeviceForm(**kwargs)
+    form.group_id.choices = [SelectChoice("", "No group")] + [
+        SelectChoice(str(group.id), group.name)
+        for group, _count in service.list_groups(department)
+    ]
+    return form
+
+
+def _list_page(department, form, status=200):
+    after = request.args.get("after") or None
+    page = service.list_devices(department, after=after,
+                                limit=current_app.config["PAGE_SIZE"])
+    return render_template(
+        "devices/index.html", department=department, form=form, page=page, after=after,
+        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+    ), status
+
+
+@bp.get("/devices")
+def index(department_id: int):
+    department = department_or_403(department_id, authz.VIEW)
+    return _list_page(department, _device_form(department))
+
+
+@bp.post("/devices")
+def create(department_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    form = _device_form(department)
+    if form.validate_on_submit():
+        try:
+            device, token = service.create_device(
+                department=department, name=form.name.data, os=form.os.data,
+                ip_address=form.ip_address.data, group_id=form.group_id.data,
+                actor=current_actor(), now=utcnow())
+        except InvalidInputError as exc:
+            db.session.rollback()
+            _apply_errors(form, exc.field_errors)
+        else:
+            db.session.commit()
+            return render_template("devices/created.html", department=department,
+                                   device=device, token=token), 201
+    return _list_page(department, form, status=422)
+
+
+@bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])
+def edit(department_id: int, device_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    device = service.get_device(department, device_id)
+    form = _device_form(department, obj=device)
+    status = 200
+    if request.method == "POST":
+        status = 422
+        if form.validate_on_submit():
+            try:
+                service.update_device(department=department, device=device,
+                                      name=form.name.data, os=form.os.data,
+                                      ip_address=form.ip_address.data,
+                                      group_id=form.group_id.data,
+                                      actor=current_actor(), now=utcnow())
+            except InvalidInputError as exc:
+                db.session.rollback()
+                device = service.get_device(department, device_id)
+                _apply_errors(form, exc.field_errors)
+            else:
+                db.session.commit()
+                return done(f"Device “{device.name}” saved.",
+                            url_for("devices.index", department_id=department.id))
+    return render_template("devices/edit.html", department=department, device=device,
+                           form=form, delete_form=DeleteForm()), status
+
+
+@bp.post("/devices/<int:device_id>/delete")
+def delete(department_id: int, device_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    device = service.get_device(department, device_id)
+    delete_form = DeleteForm()
+    if not delete_form.validate_on_submit():
+        return render_template("devices/edit.html", department=department, device=device,
+                               form=_device_form(department, obj=device),
+                               delete_form=delete_form), 422
+    name = device.name
+    service.delete_device(department=department, device=device, actor=current_actor(),
+                          now=utcnow())
+    db.session.commit()
+    return done(f"Device “{name}” deleted.", url_for("devices.index",
+                                                     department_id=department.id))
+
+
+# --- groups --------------------------------------------------------------------------
+
+
+def _groups_page(department, form, status=200):
+    return render_template(
+        "devices/groups.html", department=department, form=form,
+        groups=service.list_groups(department),
+        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+    ), status
+
+
+@bp.get("/groups")
+def groups(department_id: int):
+    department = department_or_403(department_id, authz.VIEW)
+    return _groups_page(department, GroupForm(formdata=None))
+
+
+@bp.post("/groups")
+def create_group(department_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    form = GroupForm()
+    if form.validate_on_submit():
+        try:
+            group = service.create_group(department=department, name=form.name.data,
+                                         actor=current_actor(), now=utcnow())
+        except InvalidInputError as exc:
+            db.session.rollback()
+            _apply_errors(form, exc.field_errors)
+        else:
+            db.session.commit()
+            return done(f"Group “{group.name}” created.",
+                        url_for("devices.groups", department_id=department.id))
+    return _groups_page(department, form, status=422)
+
+
+@bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
+def edit_group(department_id: int, group_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    group = service.get_group(department, group_id)
+    form = GroupForm(obj=group)
+    status = 200
+    if request.method == "POST":
+        status = 422
+        if form.validate_on_submit():
+            try:
+                service.rename_group(department=department, group=group, name=form.name.data,
+                                     actor=current_actor(), now=utcnow())
+            except InvalidInputError as exc:
+                db.session.rollback()
+                group = service.get_group(department, group_id)
+                _apply_errors(form, exc.field_errors)
+            else:
+                db.session.commit()
+                return done("Group renamed.", url_for("devices.groups",
+                                                      department_id=department.id))
+    return render_template("devices/edit_group.html", department=department, group=group,
+                           form=form, delete_form=DeleteForm()), status
+
+
+@bp.post("/groups/<int:group_id>/delete")
+def delete_group(department_id: int, group_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    group = service.get_group(department, group_id)
+    delete_form = DeleteForm()
+    if not delete_form.validate_on_submit():
+        return render_template("devices/edit_group.html", department=department, group=group,
+                               form=GroupForm(obj=group), delete_form=delete_form), 422
+    name = group.name
+    service.delete_group(department=department, group=group, actor=current_actor(),
+                         now=utcnow())
+    db.session.commit()
+    return done(f"Group “{name}” deleted; its devices stay, without a group.",
+                url_for("devices.groups", department_id=department.id))

@@ -1,0 +1,68 @@
+"""Members of a department and their roles."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from portal.extensions import db
+from portal.services import accounts, authz, members as service
+from portal.services.errors import InvalidInputError
+from portal.web.common import current_actor, department_or_403, done, utcnow
+from portal.web.departments.views import _apply_errors
+from portal.web.members.forms import ROLE_NAMES, MemberForm
+
+bp = Blueprint("members", __name__, url_prefix="/departments/<int:department_id>/members")
+
+
+@bp.before_request
+@login_required
+def _signed_in() -> None:
+    """Every page here needs a signed-in user."""
+
+
+def _page(department, form, status=200):
+    after = request.args.get("after") or None
+    page = service.list_members(department, after=after, limit=current_app.config["PAGE_SIZE"])
+    return render_template(
+        "members/index.html", department=department, form=form, page=page, after=after,
+        role_names=ROLE_NAMES,
+        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+    ), status
+
+
+@bp.get("")
+def index(department_id: int):
+    department = department_or_403(department_id, authz.VIEW)
+    return _page(department, MemberForm(formdata=None))
+
+
+@bp.post("")
+def add(department_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    form = MemberForm()
+    if form.validate_on_submit():
+        try:
+            user = accounts.create_or_update_user(
+                email=form.email.data, password=form.password.data or None,
+                role=form.role.data, department=department, actor=current_actor(),
+                now=utcnow(), reject_password_for_existing=True)
+        except InvalidInputError as exc:
+            db.session.rollback()
+            _apply_errors(form, exc.field_errors)
+        else:
+            db.session.commit()
+            return done(f"{user.email} is now {ROLE_NAMES[form.role.data].lower()} "
+                        f"of {department.name}.",
+                        url_for("members.index", department_id=department.id))
+    return _page(department, form, status=422)
+
+
+@bp.post("/<int:membership_id>/delete")
+def remove(department_id: int, membership_id: int):
+    department = department_or_403(department_id, authz.MANAGE)
+    membership = service.get_membership(department, membership_id)
+    email, role = membership.user.email, membership.role
+    accounts.remove_role(membership=membership, actor=current_actor(), now=utcnow())
+    db.session.commit()
+    return done(f"{email} is no longer {ROLE_NAMES[role].lower()} of {department.name}.",
+                url_for("members.index", department_id=department.id))

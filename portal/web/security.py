@@ -1,0 +1,54 @@
+"""Sign-in loading, security headers and the htmx/CSRF conventions."""
+from __future__ import annotations
+
+from flask import Flask, jsonify, redirect, request, url_for
+from flask_login import current_user
+
+from portal.extensions import login_manager
+
+CSP = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'; img-src 'self' data:"
+)
+
+
+def init_security(app: Flask) -> None:
+    @login_manager.user_loader
+    def load_user(session_token: str):
+        from portal.services.accounts import load_signed_in_user
+
+        return load_signed_in_user(session_token)
+
+    @login_manager.unauthorized_handler
+    def unauthorized():
+        if request.blueprint == "api" or request.path.startswith("/api/"):
+            return jsonify(error={"code": "unauthorized", "message": "Sign in first."}), 401
+        target = url_for("auth.login", next=_relative_url())
+        if request.headers.get("HX-Request") == "true":
+            response = app.response_class(status=401)
+            response.headers["HX-Redirect"] = target
+            return response
+        return redirect(target, code=303 if request.method != "GET" else 302)
+
+    @app.after_request
+    def security_headers(response):
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("X-Frame-Options", "DENY")
+        if request.is_secure:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if current_user and getattr(current_user, "is_authenticated", False):
+            # Signed-in pages are private to the browser that asked.
+            headers.setdefault("Cache-Control", "no-store")
+        if request.headers.get("HX-Request") is not None:
+            headers.add("Vary", "HX-Request")
+        return response
+
+
+def _relative_url() -> str:
+    """The current page as a local path (a POST returns to the page it came from)."""
+    if request.method == "GET":
+        return request.full_path.rstrip("?")
+    return request.path

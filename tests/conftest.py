@@ -1,0 +1,143 @@
+"""Shared fixtures. The suite runs on SQLite, and on PostgreSQL when
+PORTAL_TEST_DATABASE_URI names a database (its tables are rebuilt through Alembic)."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import text
+
+from portal import create_app
+from portal.extensions import db
+from portal.services import accounts, departments, devices
+from portal.services.actors import CLI
+
+PASSWORD = "correct horse battery"
+NOW = datetime(2026, 11, 22, 10, 15, 30, 123000, tzinfo=timezone.utc)
+
+TEST_CONFIG = {
+    "TESTING": True,
+    "SECRET_KEY": "test-secret-key",
+    "WTF_CSRF_ENABLED": False,
+    # Cheap hashes keep the suite fast; the production cost is tested on its own.
+    "ARGON2_TIME_COST": 1,
+    "ARGON2_MEMORY_COST_KIB": 8,
+    "ARGON2_PARALLELISM": 1,
+    "BASE_URL": "http://portal.test",
+}
+
+
+def database_uri(tmp_path_factory) -> str:
+    uri = os.environ.get("PORTAL_TEST_DATABASE_URI")
+    if uri:
+        return uri
+    return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "portal.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def _database(tmp_path_factory):
+    """Build the schema once per run through the migrations themselves."""
+    from flask_migrate import upgrade
+
+    uri = database_uri(tmp_path_factory)
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": uri})
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        upgrade()
+        db.engine.dispose()
+    return uri
+
+
+def _empty_tables() -> None:
+    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    else:
+        for table in tables:
+            db.session.execute(text(f"DELETE FROM {table}"))
+    db.session.commit()
+
+
+@pytest.fixture
+def app(_database):
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database})
+    with app.app_context():
+        _empty_tables()
+    ctx = app.app_context()
+    ctx.push()
+    yield app
+    db.session.remove()
+    ctx.pop()
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class Factory:
+    """Creates data through the services, as an admin would, and commits."""
+
+    def department(self, name="QA Team"):
+        found = departments.find_department(name)
+        if found:
+            return found
+        department = departments.create_department(name=name, actor=CLI, now=NOW)
+        db.session.commit()
+        return department
+
+    def user(self, email, role="technician", department=None, password=PASSWORD):
+        if role != "admin" and department is None:
+            department = self.department()
+        user = accounts.create_or_update_user(email=email, password=password, role=role,
+                                              department=department, actor=CLI, now=NOW)
+        db.session.commit()
+        return user
+
+    def group(self, department, name="Testers"):
+        group = devices.create_group(department=department, name=name, actor=CLI, now=NOW)
+        db.session.commit()
+        return group
+
+    def device(self, department, name="WIN-0859G9I39J0", group=None, os="Windows 11",
+               ip="10.0.0.5"):
+        device, _token = devices.create_device(
+            department=department, name=name, os=os, ip_address=ip,
+            group_id=group.id if group else None, actor=CLI, now=NOW)
+        db.session.commit()
+        return device
+
+
+@pytest.fixture
+def make(app):
+    return Factory()
+
+
+class AuthActions:
+    def __init__(self, client):
+        self._client = client
+
+    def login(self, email, password=PASSWORD, next_url=None):
+        data = {"email": email, "password": password}
+        if next_url is not None:
+            data["next"] = next_url
+        return self._client.post("/login", data=data)
+
+    def logout(self):
+        return self._client.post("/logout")
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
