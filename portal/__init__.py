@@ -103,17 +103,23 @@ def register_extensions(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from portal.api import bp as api_bp
+    from portal.web.approvals.views import bp as approvals_bp
     from portal.web.auth.views import bp as auth_bp
     from portal.web.departments.views import bp as departments_bp
     from portal.web.devices.views import bp as devices_bp
     from portal.web.main.views import bp as main_bp
     from portal.web.members.views import bp as members_bp
+    from portal.web.outbox.views import bp as outbox_bp
+    from portal.web.requests.views import bp as requests_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(main_bp)
     app.register_blueprint(departments_bp)
     app.register_blueprint(devices_bp)
     app.register_blueprint(members_bp)
+    app.register_blueprint(requests_bp)
+    app.register_blueprint(approvals_bp)
+    app.register_blueprint(outbox_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, no cookies
 

@@ -140,6 +140,29 @@ def init_commands(app: Flask) -> None:
         click.echo(f"API token for {user.email} (shown once):")
         click.echo(token)
 
+    @app.cli.command("scheduler")
+    @click.option("--wait/--no-wait", default=True,
+                  help="When another scheduler holds the lock, wait for it (default).")
+    def scheduler_command(wait: bool) -> None:
+        """Run the job process: request expiry and outbox delivery."""
+        import time
+
+        from portal.jobs import SchedulerLock, build_scheduler
+
+        lock = SchedulerLock(app)
+        while not lock.acquire():
+            if not wait:
+                raise click.ClickException("Another scheduler is running.")
+            click.echo("Another scheduler holds the lock; waiting…")
+            time.sleep(5)
+        click.echo("Scheduler running: expiry and outbox delivery. Ctrl+C stops it.")
+        try:
+            build_scheduler(app, blocking=True).start()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            lock.release()
+
     @app.cli.group("audit", help="The audit trail.")
     def audit_group() -> None:
         pass

@@ -146,5 +146,13 @@ def demo_command(host: str, port: int, no_serve: bool) -> None:
         return
     from werkzeug.serving import run_simple
 
-    # Threaded, so a held long-poll never blocks other requests.
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    from portal.jobs import build_scheduler
+
+    scheduler = build_scheduler(app)  # in-process: expiry and outbox delivery
+    scheduler.start()
+    click.echo("Scheduler running in-process (expiry, outbox).")
+    try:
+        # Threaded, so a held long-poll never blocks other requests.
+        run_simple(host, port, app, threaded=True, use_reloader=False)
+    finally:
+        scheduler.shutdown(wait=False)

@@ -28,7 +28,9 @@ def _token(kind: str):
     if row is None or (kind == "user" and row.user is None) or (
             kind == "device" and row.device is None):
         raise UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
-    row.last_used_at = datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc)
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+        row.last_used_at = now  # at most once a minute: polling stays read-only
     return row
 
 

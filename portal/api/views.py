@@ -1,9 +1,193 @@
-"""API routes. Unknown paths under /api/v1 answer in the contract's error shape."""
+"""API routes (design.md, "HTTP contract"). One service call and one commit per request."""
 from __future__ import annotations
 
-from flask import jsonify
+import time
+from datetime import datetime, timezone
+
+from flask import current_app, g, jsonify, request, url_for
 
 from portal.api import bp
+from portal.api.auth import device_token_required, user_token_required
+from portal.api.serializers import iso, prompt_object, request_object
+from portal.domain import requests as rules
+from portal.extensions import db
+from portal.services import agents, requests as service
+from portal.services.actors import Actor
+from portal.services.errors import ServiceError
+
+MAX_WAIT_SECONDS = 30
+POLL_INTERVAL_SECONDS = 0.05
+
+
+class BadRequestError(ServiceError):
+    status = 400
+    code = "bad_request"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def body() -> dict:
+    """The JSON object of the request, or 400."""
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequestError("Send a JSON object (Content-Type: application/json).")
+    return data
+
+
+def optional_string(data: dict, key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise BadRequestError(f"“{key}” must be a string or null.")
+    return value
+
+
+def user_actor() -> Actor:
+    return Actor(label=g.api_user.email, user_id=g.api_user.id,
+                 client_ip=request.remote_addr or "")
+
+
+def device_actor() -> Actor:
+    return Actor(label=f"device:{g.api_device.name}", client_ip=request.remote_addr or "")
+
+
+# --- technician console --------------------------------------------------------------
+
+
+@bp.post("/session-requests")
+@user_token_required
+def create_session_request():
+    data = body()
+    device = data.get("device")
+    if not isinstance(device, str):
+        raise BadRequestError("“device” (the device's name) is required and must be a string.")
+    now = utcnow()
+    req = service.create_session_request(
+        technician=g.api_user, device_name=device, run_as=optional_string(data, "run_as"),
+        reason=optional_string(data, "reason"), actor=user_actor(), now=now,
+        base_url=current_app.config["BASE_URL"])
+    db.session.commit()
+    response = jsonify(request_object(req, now))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_session_request", request_id=req.id)
+    return response
+
+
+def _wait_seconds() -> int:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0
+    if not raw.isdigit() or not 0 <= int(raw) <= MAX_WAIT_SECONDS:
+        raise BadRequestError(f"“wait” must be a whole number of seconds from 0 to "
+                              f"{MAX_WAIT_SECONDS}.")
+    return int(raw)
+
+
+@bp.get("/session-requests/<int:request_id>")
+@user_token_required
+def get_session_request(request_id: int):
+    wait = _wait_seconds()
+    user_id = g.api_user.id
+    req = service.get_own_request(g.api_user, request_id)
+    seen = rules.effective_status(req.status, req.expires_at, utcnow())
+    db.session.commit()  # keep token bookkeeping; frees the connection while we wait
+    if wait and seen is rules.Status.PENDING:
+        # Long-poll: one indexed single-row read per tick, no connection held between.
+        give_up = time.monotonic() + wait
+        while time.monotonic() < give_up:
+            row = service.read_status(request_id)
+            db.session.rollback()
+            if row is None or rules.effective_status(row[0], row[1], utcnow()) is not seen:
+                break
+            time.sleep(POLL_INTERVAL_SECONDS)
+        req = service.get_own_request(g.api_user, request_id)
+        assert req.technician_id == user_id
+    return jsonify(request_object(req, utcnow()))
+
+
+@bp.post("/session-requests/<int:request_id>/cancel")
+@user_token_required
+def cancel_session_request(request_id: int):
+    now = utcnow()
+    try:
+        req = service.cancel_request(user=g.api_user, request_id=request_id,
+                                     actor=user_actor(), now=now)
+    except service.DecisionError:
+        db.session.commit()  # an overdue request was just marked timed out: keep that
+        raise
+    db.session.commit()
+    return jsonify(request_object(req, now))
+
+
+# --- device agent --------------------------------------------------------------------
+
+
+@bp.put("/agent/state")
+@device_token_required
+def agent_state():
+    data = body()
+    if "locked" not in data:
+        raise BadRequestError("“locked” (true or false) is required.")
+    if not isinstance(data["locked"], bool):
+        raise BadRequestError("“locked” must be true or false.")
+    logged_in_user = data.get("logged_in_user")
+    if logged_in_user is not None and not isinstance(logged_in_user, str):
+        raise BadRequestError("“logged_in_user” must be a string or null.")
+    agents.update_state(device=g.api_device, locked=data["locked"],
+                        logged_in_user=logged_in_user, actor=device_actor(), now=utcnow())
+    db.session.commit()
+    return "", 204
+
+
+@bp.get("/agent/prompts")
+@device_token_required
+def agent_prompts():
+    now = utcnow()
+    prompts = agents.open_prompts(device=g.api_device, actor=device_actor(), now=now)
+    payload = {"prompts": [prompt_object(req, now) for req in prompts]}
+    db.session.commit()
+    return jsonify(payload)
+
+
+@bp.post("/agent/prompts/<int:request_id>")
+@device_token_required
+def agent_decide(request_id: int):
+    data = body()
+    decision = data.get("decision")
+    if decision not in ("accept", "decline"):
+        raise BadRequestError("“decision” must be “accept” or “decline”.")
+    now = utcnow()
+    try:
+        req = service.decide_by_end_user(device=g.api_device, request_id=request_id,
+                                         decision=decision, actor=device_actor(), now=now)
+    except service.DecisionError:
+        db.session.commit()
+        raise
+    db.session.commit()
+    return jsonify(request_object(req, now))
+
+
+@bp.post("/agent/sessions")
+@device_token_required
+def agent_start_session():
+    data = body()
+    session = agents.start_remote_session(device=g.api_device,
+                                          request_id=data.get("request_id"),
+                                          actor=device_actor(), now=utcnow())
+    db.session.commit()
+    return jsonify(id=session.id, request_id=session.request_id,
+                   started_at=iso(session.started_at)), 201
+
+
+@bp.post("/agent/sessions/<int:session_id>/end")
+@device_token_required
+def agent_end_session(session_id: int):
+    session = agents.end_remote_session(device=g.api_device, session_id=session_id,
+                                        actor=device_actor(), now=utcnow())
+    db.session.commit()
+    return jsonify(id=session.id, request_id=session.request_id,
+                   started_at=iso(session.started_at), ended_at=iso(session.ended_at))
 
 
 @bp.route("/<path:_unknown>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])

@@ -28,13 +28,22 @@ class EventFields:
 
 
 def scrub(details: dict[str, Any]) -> dict[str, Any]:
-    """Drop secret-looking keys (recursively) so no secret lands in the trail."""
+    """Drop secret-looking keys (recursively, lists included) so no secret lands in the
+    trail."""
     clean: dict[str, Any] = {}
     for key, value in details.items():
         if key.lower() in SECRET_KEYS:
             continue
-        clean[key] = scrub(value) if isinstance(value, dict) else value
+        clean[key] = _scrub_value(value)
     return clean
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return scrub(value)
+    if isinstance(value, (list, tuple)):
+        return [_scrub_value(item) for item in value]
+    return value
 
 
 def canonical(fields: EventFields) -> str:

@@ -8,9 +8,14 @@ from portal.models.departments import (
     DeviceGroup,
     Exclusion,
 )
+from portal.models.requests import ApprovalLink, OutboxMessage, RemoteSession, SessionRequest
 
 __all__ = [
     "ApiToken",
+    "ApprovalLink",
+    "OutboxMessage",
+    "RemoteSession",
+    "SessionRequest",
     "AuditChainHead",
     "AuditEvent",
     "Department",

@@ -30,6 +30,10 @@ def init_security(app: Flask) -> None:
             return response
         return redirect(target, code=303 if request.method != "GET" else 302)
 
+    @app.context_processor
+    def inject_navigation():
+        return {"nav": _LazyNavigation()}
+
     @app.after_request
     def security_headers(response):
         headers = response.headers
@@ -52,3 +56,37 @@ def _relative_url() -> str:
     if request.method == "GET":
         return request.full_path.rstrip("?")
     return request.path
+
+
+def navigation() -> dict:
+    """Which main-menu entries the signed-in user's roles open (one query)."""
+    from sqlalchemy import select
+
+    from portal.extensions import db
+    from portal.models import Membership
+
+    if not current_user or not getattr(current_user, "is_authenticated", False):
+        return {}
+    if current_user.is_admin:
+        return {"connect": True, "pending": True, "departments": True, "outbox": True}
+    roles = set(db.session.scalars(
+        select(Membership.role).where(Membership.user_id == current_user.id).distinct()))
+    return {
+        "connect": "technician" in roles,
+        "pending": bool(roles & {"approver", "department_admin"}),
+        "departments": bool(roles & {"department_admin", "auditor"}),
+        "outbox": False,
+    }
+
+
+class _LazyNavigation:
+    """Queried only when a full page reads it: fragments and polls pay nothing."""
+
+    _entries: dict | None = None
+
+    def __getattr__(self, name: str) -> bool:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._entries is None:
+            self._entries = navigation()
+        return bool(self._entries.get(name))

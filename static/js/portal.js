@@ -28,3 +28,22 @@
     if (invalid) invalid.focus();
   });
 })();
+
+/* Countdowns: the server renders the seconds left; between polls the browser ticks them
+   down. The server stays the source of truth: every poll replaces the numbers. */
+(function () {
+  "use strict";
+  var started = new WeakMap();
+
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll("[data-seconds-left]").forEach(function (el) {
+      if (!started.has(el)) started.set(el, now);
+      var total = parseInt(el.getAttribute("data-seconds-left"), 10) || 0;
+      var left = Math.max(0, Math.ceil(total - (now - started.get(el)) / 1000));
+      if (el.textContent !== String(left)) el.textContent = String(left);
+    });
+  }
+  setInterval(tick, 250);
+  document.addEventListener("DOMContentLoaded", tick);
+})();

@@ -1,0 +1,195 @@
+"""Session requests: the policy that plans one, the state machine that decides it.
+
+Plain Python: the caller passes the settings, the device's state and `now`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+class EndUserCheck(StrEnum):
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+
+
+class EmailCheck(StrEnum):
+    PENDING = "pending"
+    ALLOWED = "allowed"
+    DENIED = "denied"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+
+
+TERMINAL = frozenset({Status.APPROVED, Status.DENIED, Status.TIMED_OUT, Status.CANCELLED})
+
+# Exact texts shown to the technician (design.md).
+MSG_APPROVED = "The session will begin shortly."
+MSG_END_USER_DECLINED = "The end user has rejected the Session Confirmation Request"
+MSG_TIMED_OUT = "The Session Confirmation request has timed out."
+MSG_CANCELLED = "The request was cancelled."
+MSG_DENIED_BY = "The request was denied by {who}."
+
+DECIDED_BY_END_USER = "end_user"
+DECIDED_BY_POLICY = "policy"
+DECIDED_BY_EXCLUSION = "exclusion"
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    """What the policy needs: the department's settings and the device's state."""
+
+    is_confirmation_shown: bool
+    confirmation_timeout_seconds: int
+    is_shown_when_locked: bool
+    is_email_authorization_required: bool
+    email_authorization_timeout_seconds: int
+    is_locked: bool
+    logged_in_user: str | None
+    exclusion: str | None = None  # e.g. "device excluded" / "group “QA” excluded"
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: Status
+    end_user: EndUserCheck
+    email: EmailCheck
+    end_user_deadline: datetime | None
+    email_deadline: datetime | None
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    decision_reason: str | None
+
+
+def plan_request(policy: PolicyInput, now: datetime) -> Plan:
+    """Evaluate the policy at creation (design.md, "How a session request is decided")."""
+    if policy.exclusion:
+        return Plan(Status.APPROVED, EndUserCheck.SKIPPED, EmailCheck.SKIPPED, None, None,
+                    now, now, DECIDED_BY_EXCLUSION, policy.exclusion)
+    end_user = EndUserCheck.SKIPPED
+    skipped_because = None
+    if policy.is_confirmation_shown:
+        nobody = not (policy.logged_in_user or "").strip()
+        if (policy.is_locked or nobody) and not policy.is_shown_when_locked:
+            skipped_because = ("device locked; confirmation not shown" if policy.is_locked
+                               else "nobody logged in; confirmation not shown")
+        else:
+            end_user = EndUserCheck.PENDING
+    email = (EmailCheck.PENDING if policy.is_email_authorization_required
+             else EmailCheck.SKIPPED)
+    if end_user is EndUserCheck.SKIPPED and email is EmailCheck.SKIPPED:
+        reason = skipped_because or "confirmation not required"
+        return Plan(Status.APPROVED, end_user, email, None, None, now, now,
+                    DECIDED_BY_POLICY, reason)
+    end_user_deadline = (now + timedelta(seconds=policy.confirmation_timeout_seconds)
+                         if end_user is EndUserCheck.PENDING else None)
+    email_deadline = (now + timedelta(seconds=policy.email_authorization_timeout_seconds)
+                      if email is EmailCheck.PENDING else None)
+    expires_at = max(d for d in (end_user_deadline, email_deadline) if d is not None)
+    return Plan(Status.PENDING, end_user, email, end_user_deadline, email_deadline,
+                expires_at, None, None, None)
+
+
+# --- deciding ------------------------------------------------------------------------
+
+
+class DecisionRefusedError(Exception):
+    status = 400
+    code = "refused"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class AlreadyDecidedError(DecisionRefusedError):
+    status = 409
+    code = "already_decided"
+
+
+class ExpiredError(DecisionRefusedError):
+    status = 410
+    code = "expired"
+
+
+def effective_status(status: Status | str, expires_at: datetime, now: datetime) -> Status:
+    """A pending request whose deadline has passed reads as timed out, job or no job."""
+    status = Status(status)
+    if status is Status.PENDING and now >= expires_at:
+        return Status.TIMED_OUT
+    return status
+
+
+def refusal(status: Status | str, expires_at: datetime, now: datetime,
+            check_deadline: datetime | None = None) -> DecisionRefusedError | None:
+    """Why a decision would be refused now, or None when it may go ahead.
+
+    At or after the deadline: 410, whatever the stored status says. Otherwise a request
+    that is no longer pending: 409. `check_deadline` is the deciding check's own deadline
+    (an end-user prompt closes before the email links do)."""
+    deadline = min(expires_at, check_deadline) if check_deadline else expires_at
+    if now >= deadline or Status(status) is Status.TIMED_OUT:
+        return ExpiredError("This request has expired.")
+    if Status(status) is not Status.PENDING:
+        return AlreadyDecidedError("This request has already been decided.")
+    return None
+
+
+def check_states(*, status: Status | str, end_user: EndUserCheck | str,
+                 email: EmailCheck | str, end_user_deadline: datetime | None,
+                 email_deadline: datetime | None, now: datetime
+                 ) -> tuple[EndUserCheck, EmailCheck]:
+    """Each check as the technician should read it now.
+
+    A pending check past its own deadline reads timed_out; a pending check of a request
+    decided some other way reads skipped (nobody needs to answer it any more)."""
+    status = Status(status)
+    end_user, email = EndUserCheck(end_user), EmailCheck(email)
+    if end_user is EndUserCheck.PENDING:
+        if end_user_deadline is not None and now >= end_user_deadline or (
+                status is Status.TIMED_OUT):
+            end_user = EndUserCheck.TIMED_OUT
+        elif status is not Status.PENDING:
+            end_user = EndUserCheck.SKIPPED
+    if email is EmailCheck.PENDING:
+        if email_deadline is not None and now >= email_deadline or (
+                status is Status.TIMED_OUT):
+            email = EmailCheck.TIMED_OUT
+        elif status is not Status.PENDING:
+            email = EmailCheck.SKIPPED
+    return end_user, email
+
+
+def seconds_left(deadline: datetime | None, now: datetime) -> int:
+    if deadline is None:
+        return 0
+    return max(0, math.ceil((deadline - now).total_seconds()))
+
+
+def outcome_message(status: Status | str, decided_by: str | None) -> str | None:
+    status = Status(status)
+    if status is Status.APPROVED:
+        return MSG_APPROVED
+    if status is Status.DENIED:
+        if decided_by == DECIDED_BY_END_USER:
+            return MSG_END_USER_DECLINED
+        return MSG_DENIED_BY.format(who=decided_by)
+    if status is Status.TIMED_OUT:
+        return MSG_TIMED_OUT
+    if status is Status.CANCELLED:
+        return MSG_CANCELLED
+    return None

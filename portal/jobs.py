@@ -1,0 +1,109 @@
+"""Scheduler jobs (expiry, outbox delivery) and build_scheduler(app).
+
+APScheduler 3 runs in exactly one process: `flask --app portal scheduler` in production
+(guarded by a PostgreSQL advisory lock, so a second one waits), or in-process for `demo`.
+Web workers never start it. Jobs are idempotent: they call services whose conditional
+updates make a second run (or a second scheduler) a no-op. Deadlines are enforced in every
+decision path too, so a late or stopped scheduler never lets a late decision through.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from flask import Flask
+
+from portal.extensions import db
+from portal.services import mail as outbox
+from portal.services import requests as request_service
+
+log = logging.getLogger("portal.jobs")
+
+EXPIRY_INTERVAL_SECONDS = 0.5
+OUTBOX_INTERVAL_SECONDS = 2
+ADVISORY_LOCK_KEY = 0x5E55_10A7  # "session gate" scheduler election
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def expire_requests(app: Flask) -> list[int]:
+    with app.app_context():
+        try:
+            ids = request_service.expire_overdue(utcnow())
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            log.exception("expiry sweep failed")
+            return []
+        finally:
+            db.session.remove()
+        if ids:
+            log.info("timed out %d request(s): %s", len(ids), ids)
+        return ids
+
+
+def deliver_mail(app: Flask) -> outbox.DeliveryReport | None:
+    with app.app_context():
+        try:
+            report = outbox.deliver_outbox(utcnow())
+            db.session.commit()
+        except Exception:
+            db.session.rollback()
+            log.exception("outbox delivery failed")
+            return None
+        finally:
+            db.session.remove()
+        if report.sent or report.failed or report.retried:
+            log.info("outbox: sent %s, retrying %s, failed %s", report.sent, report.retried,
+                     report.failed)
+        return report
+
+
+def build_scheduler(app: Flask, *, blocking: bool = False):
+    """A scheduler with both jobs; a start-up sweep runs at once (catching whatever
+    expired while nothing was running), then the periodic ones."""
+    scheduler_class = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = scheduler_class(timezone=timezone.utc,
+                                job_defaults={"coalesce": True, "max_instances": 1,
+                                              "misfire_grace_time": 30})
+    now = utcnow()
+    scheduler.add_job(expire_requests, "interval", args=[app], id="expire_requests",
+                      seconds=EXPIRY_INTERVAL_SECONDS, next_run_time=now)
+    scheduler.add_job(deliver_mail, "interval", args=[app], id="deliver_mail",
+                      seconds=OUTBOX_INTERVAL_SECONDS, next_run_time=now)
+    return scheduler
+
+
+class SchedulerLock:
+    """On PostgreSQL, hold a session-level advisory lock on a dedicated connection for the
+    life of the scheduler; on SQLite (one machine, the demo) there is nothing to elect."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.connection = None
+
+    def acquire(self) -> bool:
+        with self.app.app_context():
+            engine = db.engine
+            if engine.dialect.name != "postgresql":
+                return True
+            from sqlalchemy import text
+
+            self.connection = engine.connect()
+            got = self.connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+            ).scalar()
+            self.connection.commit()
+            if not got:
+                self.connection.close()
+                self.connection = None
+            return bool(got)
+
+    def release(self) -> None:
+        if self.connection is not None:
+            self.connection.close()  # ends the session, which frees the lock
+            self.connection = None

@@ -1,0 +1,101 @@
+"""Session requests, their approval links, remote sessions, and the mail outbox."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from portal.extensions import db
+from portal.models.accounts import User
+from portal.models.departments import Department, Device
+from portal.models.types import UTCDateTime
+
+
+class SessionRequest(db.Model):
+    __tablename__ = "session_requests"
+    __table_args__ = (
+        # The expiry sweep and every "still pending?" look-up.
+        Index("ix_session_requests_status_expires_at", "status", "expires_at"),
+        # The pending page of a department, the prompts of a device.
+        Index("ix_session_requests_department_id_status", "department_id", "status"),
+        Index("ix_session_requests_device_id_status", "device_id", "status"),
+        Index("ix_session_requests_technician_id_created_at", "technician_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    department_id: Mapped[int] = mapped_column(
+        ForeignKey("departments.id", ondelete="CASCADE"))
+    technician_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    run_as: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    end_user_check: Mapped[str] = mapped_column(String(16))
+    end_user_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    email_check: Mapped[str] = mapped_column(String(16))
+    email_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    prompt_message: Mapped[str] = mapped_column(Text, default="")
+    prompt_shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    device: Mapped[Device] = relationship()
+    department: Mapped[Department] = relationship()
+    technician: Mapped[User] = relationship()
+
+
+class ApprovalLink(db.Model):
+    """One per recipient per request; the token is stored as a keyed hash."""
+
+    __tablename__ = "approval_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), index=True)
+    recipient_email: Mapped[str] = mapped_column(String(254))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    request: Mapped[SessionRequest] = relationship()
+
+
+class RemoteSession(db.Model):
+    __tablename__ = "remote_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), unique=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"),
+                                           index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class OutboxMessage(db.Model):
+    """An email waiting to be delivered, written in the transaction that caused it."""
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (
+        Index("ix_outbox_messages_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), nullable=True, index=True)
+    department_id: Mapped[int | None] = mapped_column(
+        ForeignKey("departments.id", ondelete="CASCADE"), nullable=True)
+    recipient: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str] = mapped_column(String(300))
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str] = mapped_column(Text)
+    # pending -> sending -> sent | failed | cancelled (request over before delivery)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -1,0 +1,113 @@
+"""What a device's agent reports and asks: its state, its open prompts, remote sessions."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from portal.domain.requests import EndUserCheck, Status
+from portal.extensions import db
+from portal.models import Device, RemoteSession, SessionRequest
+from portal.services.actors import Actor
+from portal.services.audit import record_event
+from portal.services.errors import ConflictError, InvalidInputError, NotFoundError
+
+MAX_USERNAME = 256
+
+
+def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
+                 now: datetime) -> None:
+    if not isinstance(locked, bool):
+        raise InvalidInputError({"locked": ["Must be true or false."]})
+    if logged_in_user is not None:
+        if not isinstance(logged_in_user, str):
+            raise InvalidInputError({"logged_in_user": ["Must be text or null."]})
+        logged_in_user = logged_in_user.strip() or None
+        if logged_in_user and (len(logged_in_user) > MAX_USERNAME
+                               or not logged_in_user.isprintable()):
+            raise InvalidInputError({"logged_in_user": [
+                f"Use at most {MAX_USERNAME} printable characters."]})
+    changed = device.is_locked != locked or device.logged_in_user != logged_in_user
+    if changed:
+        record_event(actor=actor, action="device.state_changed", target_type="device",
+                     target_id=device.id, department_id=device.department_id, now=now,
+                     details={"device": device.name,
+                              "old": {"locked": device.is_locked,
+                                      "logged_in_user": device.logged_in_user},
+                              "new": {"locked": locked, "logged_in_user": logged_in_user}})
+    device.is_locked = locked
+    device.logged_in_user = logged_in_user
+    device.last_seen_at = now
+    db.session.flush()
+
+
+def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[SessionRequest]:
+    """This device's end-user prompts still open now; the first fetch of each is recorded
+    as "prompt shown"."""
+    prompts = list(db.session.scalars(
+        select(SessionRequest)
+        .where(SessionRequest.device_id == device.id,
+               SessionRequest.status == Status.PENDING.value,
+               SessionRequest.end_user_check == EndUserCheck.PENDING.value,
+               SessionRequest.end_user_deadline > now,
+               SessionRequest.expires_at > now)
+        .order_by(SessionRequest.created_at, SessionRequest.id)))
+    for req in prompts:
+        first = db.session.execute(
+            update(SessionRequest)
+            .where(SessionRequest.id == req.id, SessionRequest.prompt_shown_at.is_(None))
+            .values(prompt_shown_at=now)
+            .execution_options(synchronize_session=False)).rowcount == 1
+        if first:
+            record_event(actor=actor, action="prompt.shown", target_type="session_request",
+                         target_id=req.id, department_id=req.department_id, now=now,
+                         details={"request_id": req.id, "device": device.name})
+    return prompts
+
+
+def _request_id(raw) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise InvalidInputError({"request_id": ["Must be a request id (a positive integer)."]})
+    return raw
+
+
+def start_remote_session(*, device: Device, request_id, actor: Actor,
+                         now: datetime) -> RemoteSession:
+    """Only an approved request of this device starts a session, and only once."""
+    req = db.session.get(SessionRequest, _request_id(request_id))
+    if req is None or req.device_id != device.id:
+        raise NotFoundError("No such request for this device.")
+    if req.status != Status.APPROVED.value:
+        raise ConflictError("The request is not approved; no session may start.")
+    session = RemoteSession(request_id=req.id, device_id=device.id, started_at=now)
+    try:
+        with db.session.begin_nested():  # the unique request_id settles a race
+            db.session.add(session)
+    except IntegrityError:
+        raise ConflictError("A session was already started for this request.") from None
+    record_event(actor=actor, action="session.started", target_type="session_request",
+                 target_id=req.id, department_id=req.department_id, now=now,
+                 details={"request_id": req.id, "device": device.name,
+                          "remote_session_id": session.id})
+    return session
+
+
+def end_remote_session(*, device: Device, session_id: int, actor: Actor,
+                       now: datetime) -> RemoteSession:
+    session = db.session.get(RemoteSession, session_id)
+    if session is None or session.device_id != device.id:
+        raise NotFoundError("No such session on this device.")
+    won = db.session.execute(
+        update(RemoteSession)
+        .where(RemoteSession.id == session.id, RemoteSession.ended_at.is_(None))
+        .values(ended_at=now).execution_options(synchronize_session=False)).rowcount == 1
+    db.session.expire(session)
+    if not won:
+        raise ConflictError("This session has already ended.")
+    req = db.session.get(SessionRequest, session.request_id)
+    record_event(actor=actor, action="session.ended", target_type="session_request",
+                 target_id=req.id, department_id=req.department_id, now=now,
+                 details={"request_id": req.id, "device": device.name,
+                          "remote_session_id": session.id})
+    return session

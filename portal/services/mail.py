@@ -1,0 +1,208 @@
+"""The outbox: emails are written in the transaction that causes them and delivered by a
+job over SMTP, retried with backoff on temporary failures (RFC 5321 §4.5.4.1), marked
+failed on permanent ones, never sent once their request is over."""
+from __future__ import annotations
+
+import re
+import smtplib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app, render_template
+from flask_mail import Message
+from sqlalchemy import select, update
+
+from portal.domain import requests as rules
+from portal.extensions import db, mail
+from portal.models import OutboxMessage, SessionRequest
+from portal.services.actors import SYSTEM
+from portal.services.audit import record_event
+
+MAX_ATTEMPTS = 12
+CLAIM_SECONDS = 120  # a claimed message whose sender died is retried after this
+
+
+def backoff(attempts: int) -> timedelta:
+    """5 s, 10 s, 20 s … capped at 10 minutes."""
+    return timedelta(seconds=min(5 * 2 ** max(attempts - 1, 0), 600))
+
+
+def approval_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/approvals/{token}"
+
+
+def _valid_for(seconds: int) -> str:
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds} seconds"
+
+
+def queue_approval_email(*, req: SessionRequest, recipient: str, token: str, base_url: str,
+                         now: datetime) -> OutboxMessage:
+    url = approval_url(base_url, token)
+    seconds = rules.seconds_left(req.expires_at, now)
+    context = {"req": req, "url": url, "valid_for": _valid_for(seconds),
+               "valid_until": req.expires_at.strftime("%H:%M:%S UTC"), "recipient": recipient}
+    message = OutboxMessage(
+        request_id=req.id, department_id=req.department_id, recipient=recipient,
+        subject=f"Remote session request for {req.device.name}",
+        body_text=render_template("emails/approval_request.txt", **context),
+        body_html=render_template("emails/approval_request.html", **context),
+        status="pending", attempts=0, next_attempt_at=now, created_at=now)
+    db.session.add(message)
+    db.session.flush()
+    return message
+
+
+_LINK_TOKEN = re.compile(r"(/approvals/)[A-Za-z0-9_\-]+")
+
+
+def redact(message: OutboxMessage) -> None:
+    """Once a message is out of the queue, its copy of the approval link's secret goes."""
+    message.body_text = _LINK_TOKEN.sub(r"\1(redacted)", message.body_text)
+    message.body_html = _LINK_TOKEN.sub(r"\1(redacted)", message.body_html)
+
+
+def approval_links_in(message: OutboxMessage) -> list[str]:
+    """The working "Check Request" links a queued message carries (none once redacted)."""
+    return re.findall(r"https?://\S+/approvals/[A-Za-z0-9_\-]{20,}", message.body_text)
+
+
+def cancel_for_request(request_id: int) -> None:
+    """The request is over: undelivered mail about it is not sent any more, and every copy
+    of its links' secrets is redacted."""
+    for message in db.session.scalars(
+            select(OutboxMessage).where(OutboxMessage.request_id == request_id)):
+        if message.status in ("pending", "sending"):
+            message.status = "cancelled"
+        redact(message)
+    db.session.flush()
+
+
+@dataclass
+class DeliveryReport:
+    sent: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+
+def is_configured() -> bool:
+    return bool(current_app.config.get("MAIL_SERVER"))
+
+
+def _permanent(exc: Exception) -> bool:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in exc.recipients.values())
+    code = getattr(exc, "smtp_code", None)
+    return isinstance(code, int) and code >= 500
+
+
+def _claim(now: datetime, limit: int) -> list[int]:
+    due = list(db.session.scalars(
+        select(OutboxMessage.id)
+        .where(OutboxMessage.status.in_(("pending", "sending")),
+               OutboxMessage.next_attempt_at <= now)
+        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)))
+    claimed = []
+    for message_id in due:
+        won = db.session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id,
+                   OutboxMessage.status.in_(("pending", "sending")),
+                   OutboxMessage.next_attempt_at <= now)
+            .values(status="sending", next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+            .execution_options(synchronize_session=False)).rowcount == 1
+        if won:
+            claimed.append(message_id)
+    db.session.commit()  # the claim is visible before the slow part
+    return claimed
+
+
+def deliver_outbox(now: datetime, limit: int = 50) -> DeliveryReport:
+    """Send what is due. Commits per message (a job boundary): a crash never loses a
+    recorded delivery, and a message is sent at most once per claim."""
+    report = DeliveryReport()
+    if not is_configured():
+        return report
+    claimed = _claim(now, limit)
+    if not claimed:
+        return report
+    try:
+        connection = mail.connect()
+        connection.__enter__()
+    except Exception as exc:  # SMTP down: everything claimed is retried later
+        for message_id in claimed:
+            _retry_or_fail(db.session.get(OutboxMessage, message_id), exc, now, report)
+        db.session.commit()
+        return report
+    try:
+        for message_id in claimed:
+            message = db.session.get(OutboxMessage, message_id)
+            req = db.session.get(SessionRequest, message.request_id) \
+                if message.request_id else None
+            if req is not None and (req.status != rules.Status.PENDING.value
+                                    or now >= req.expires_at):
+                message.status = "cancelled"
+                redact(message)
+                report.cancelled.append(message.id)
+                db.session.commit()
+                continue
+            try:
+                connection.send(Message(
+                    subject=message.subject, recipients=[message.recipient],
+                    body=message.body_text, html=message.body_html,
+                    sender=current_app.config["MAIL_DEFAULT_SENDER"]))
+            except Exception as exc:
+                _retry_or_fail(message, exc, now, report)
+            else:
+                message.status = "sent"
+                message.sent_at = now
+                message.attempts += 1
+                message.last_error = None
+                redact(message)
+                report.sent.append(message.id)
+                _audit(message, "email.sent", now)
+            db.session.commit()
+    finally:
+        try:
+            connection.__exit__(None, None, None)
+        except Exception:  # the server hung up first: nothing left to close
+            pass
+    return report
+
+
+def _retry_or_fail(message: OutboxMessage, exc: Exception, now: datetime,
+                   report: DeliveryReport) -> None:
+    message.attempts += 1
+    message.last_error = f"{type(exc).__name__}: {exc}"[:1000]
+    if _permanent(exc) or message.attempts >= MAX_ATTEMPTS:
+        message.status = "failed"
+        redact(message)
+        report.failed.append(message.id)
+        _audit(message, "email.failed", now, outcome="failure", error=message.last_error)
+    else:
+        message.status = "pending"
+        message.next_attempt_at = now + backoff(message.attempts)
+        report.retried.append(message.id)
+
+
+def _audit(message: OutboxMessage, action: str, now: datetime, *, outcome: str = "success",
+           **details) -> None:
+    record_event(actor=SYSTEM, action=action,
+                 target_type="session_request" if message.request_id else "outbox_message",
+                 target_id=message.request_id or message.id,
+                 department_id=message.department_id, now=now, outcome=outcome,
+                 details={"request_id": message.request_id, "recipient": message.recipient,
+                          "message_id": message.id, "attempts": message.attempts, **details})
+
+
+def list_outbox(*, before: int | None, limit: int) -> tuple[list[OutboxMessage], int | None]:
+    query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit + 1)
+    if before:
+        query = query.where(OutboxMessage.id < before)
+    rows = list(db.session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more and rows else None)

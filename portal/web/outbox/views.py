@@ -1,0 +1,23 @@
+"""The Outbox: mail waiting, sent, failed. With no mail server configured (the demo) the
+messages stay here, links working, instead of being sent."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, render_template, request
+from flask_login import current_user, login_required
+
+from portal.services import mail
+
+bp = Blueprint("outbox", __name__)
+
+
+@bp.get("/outbox")
+@login_required
+def index():
+    if not current_user.is_admin:
+        abort(403)
+    before = request.args.get("before", type=int)
+    messages, next_before = mail.list_outbox(before=before,
+                                             limit=current_app.config["PAGE_SIZE"])
+    return render_template("outbox/index.html", messages=messages, next_before=next_before,
+                           before=before, mail_configured=mail.is_configured(),
+                           links_in=mail.approval_links_in)

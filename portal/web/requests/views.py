@@ -1,0 +1,155 @@
+"""Technicians: connect, wait, see the outcome. Approvers: the live pending list."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, make_response, render_template, request, url_for
+from flask_login import current_user, login_required
+from wtforms.fields.choices import SelectChoice
+
+from portal.domain import requests as rules
+from portal.extensions import db
+from portal.services import requests as service
+from portal.services.errors import InvalidInputError, NotFoundError
+from portal.web.common import current_actor, done, fragment, is_htmx, utcnow
+from portal.web.departments.views import _apply_errors
+from portal.web.requests.forms import ConnectForm
+
+bp = Blueprint("requests", __name__)
+
+
+@bp.before_request
+@login_required
+def _signed_in() -> None:
+    """Every page here needs a signed-in user."""
+
+
+def _connect_form(formdata=None) -> ConnectForm:
+    form = ConnectForm(formdata=formdata) if formdata is not None else ConnectForm()
+    devices = service.requestable_devices(current_user)
+    form.device.choices = [SelectChoice("", "Choose a device…")] + [
+        SelectChoice(d.name, f"{d.name}" + (f" — {d.os}" if d.os else ""),
+                     optgroup=d.department.name) for d in devices]
+    form.has_devices = bool(devices)
+    return form
+
+
+@bp.route("/connect", methods=["GET", "POST"])
+def connect():
+    if request.method == "GET":
+        form = _connect_form(formdata=None)
+        form.device.data = request.args.get("device", "")
+        return render_template("requests/connect.html", form=form)
+    form = _connect_form(formdata=request.form)
+    if form.validate_on_submit():
+        try:
+            req = service.create_session_request(
+                technician=current_user, device_name=form.device.data,
+                run_as=form.run_as.data, reason=form.reason.data, actor=current_actor(),
+                now=utcnow(), base_url=current_app.config["BASE_URL"])
+        except (InvalidInputError, NotFoundError) as exc:
+            db.session.rollback()
+            _apply_errors(form, getattr(exc, "field_errors", None) or {"device": [exc.message]})
+        else:
+            db.session.commit()
+            return done("Request sent.", url_for("requests.show", request_id=req.id),
+                        category="info")
+    return render_template("requests/connect.html", form=form), 422
+
+
+def _status_context(req, now):
+    status = rules.effective_status(req.status, req.expires_at, now)
+    end_user, email = rules.check_states(
+        status=status, end_user=req.end_user_check, email=req.email_check,
+        end_user_deadline=req.end_user_deadline, email_deadline=req.email_deadline, now=now)
+    return {
+        "req": req, "status": status.value, "end_user": end_user.value, "email": email.value,
+        "seconds_left": rules.seconds_left(req.expires_at, now),
+        "end_user_seconds_left": rules.seconds_left(req.end_user_deadline, now),
+        "email_seconds_left": rules.seconds_left(req.email_deadline, now),
+        "outcome": rules.outcome_message(status, req.decided_by),
+    }
+
+
+@bp.get("/requests/<int:request_id>")
+def show(request_id: int):
+    req = service.get_own_request(current_user, request_id)
+    return render_template("requests/show.html", **_status_context(req, utcnow()))
+
+
+@bp.get("/requests/<int:request_id>/status")
+def status(request_id: int):
+    """The polling fragment: read-only; stops polling itself once the request is over."""
+    req = service.get_own_request(current_user, request_id)
+    response = make_response(render_template("requests/_status.html",
+                                             **_status_context(req, utcnow())))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/requests/<int:request_id>/cancel")
+def cancel(request_id: int):
+    now = utcnow()
+    try:
+        req = service.cancel_request(user=current_user, request_id=request_id,
+                                     actor=current_actor(), now=now)
+    except service.DecisionError as exc:
+        db.session.commit()
+        req = service.get_own_request(current_user, request_id)
+        message, category = exc.message, "error"
+    else:
+        db.session.commit()
+        message, category = "Request cancelled.", "info"
+    if is_htmx():
+        return fragment("requests/_status.html", flash_message=message, category=category,
+                        **_status_context(req, now))
+    return done(message, url_for("requests.show", request_id=request_id), category=category)
+
+
+# --- approvers -----------------------------------------------------------------------
+
+
+def _may_see_pending() -> None:
+    if not (current_user.is_admin or service.decides_anywhere(current_user)):
+        abort(403)
+
+
+def _pending_context(now):
+    rows, total = service.pending_for(current_user, now)
+    return {"rows": [(req, _status_context(req, now)) for req in rows], "total": total}
+
+
+@bp.get("/requests/pending")
+def pending():
+    _may_see_pending()
+    return render_template("requests/pending.html", **_pending_context(utcnow()))
+
+
+@bp.get("/requests/pending/rows")
+def pending_rows():
+    _may_see_pending()
+    response = make_response(render_template("requests/_pending_rows.html",
+                                             **_pending_context(utcnow())))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/requests/<int:request_id>/decide")
+def decide(request_id: int):
+    _may_see_pending()
+    decision = request.form.get("decision", "")
+    now = utcnow()
+    status = 200
+    try:
+        req = service.decide_in_portal(user=current_user, request_id=request_id,
+                                       decision=decision, actor=current_actor(), now=now,
+                                       user_agent=request.headers.get("User-Agent", ""))
+    except service.DecisionError as exc:
+        db.session.commit()
+        message, category, status = exc.message, "error", exc.status
+    else:
+        db.session.commit()
+        verb = "allowed" if req.status == "approved" else "denied"
+        message, category = f"Request for {req.device.name} {verb}.", "success"
+    if is_htmx():
+        return fragment("requests/_pending_rows.html", status=status, flash_message=message,
+                        category=category, **_pending_context(now))
+    return done(message, url_for("requests.pending"), category=category)
