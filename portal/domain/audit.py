@@ -9,8 +9,16 @@ from typing import Any
 
 GENESIS_HASH = "0" * 64
 
-# Keys whose values must never be written to an event, whatever the caller passes.
+# Keys whose values must never be written to an event, whatever the caller passes:
+# these names, and any key containing one of the SECRET_WORDS ("new_password",
+# "session_token", "api_secret", ...).
 SECRET_KEYS = frozenset({"password", "token", "otp", "code", "secret", "password_hash"})
+SECRET_WORDS = ("password", "token", "secret", "otp")
+
+
+def is_secret_key(key: str) -> bool:
+    key = key.lower()
+    return key in SECRET_KEYS or any(word in key for word in SECRET_WORDS)
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ def scrub(details: dict[str, Any]) -> dict[str, Any]:
     trail."""
     clean: dict[str, Any] = {}
     for key, value in details.items():
-        if key.lower() in SECRET_KEYS:
+        if is_secret_key(key):
             continue
         clean[key] = _scrub_value(value)
     return clean

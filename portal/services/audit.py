@@ -115,7 +115,8 @@ def verify_audit_chain(batch_size: int = 1000) -> tuple[int, ChainBreak | None]:
                 checked += 1
                 yield _fields(event), event.prev_hash, event.hash
             after = batch[-1].seq
-            db.session.expunge_all()
+            for event in batch:  # only what we loaded: the caller's objects stay attached
+                db.session.expunge(event)
 
     found = verify_chain(rows())
     if found is None:

@@ -1,0 +1,246 @@
+"""The operator's commands (design.md, "Configuration and commands") and the demo data."""
+from __future__ import annotations
+
+import pytest
+from conftest import NOW, PASSWORD
+from sqlalchemy import func, select, text
+
+from portal import demo
+from portal.extensions import db
+from portal.models import Department, Device, DeviceGroup, Exclusion, Membership, User
+from portal.services import accounts, departments
+from portal.services.actors import CLI
+
+# --- departments -----------------------------------------------------------------------
+
+
+def invoke(runner, *args):
+    result = runner.invoke(args=list(args))
+    db.session.expire_all()
+    return result
+
+
+def ok(runner, *args):
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def count(model):
+    return db.session.scalar(select(func.count()).select_from(model))
+
+
+def test_departments_create_is_idempotent(runner):
+    first = ok(runner, "departments", "create", "QA Team")
+    assert "Created department “QA Team”" in first.output
+    again = ok(runner, "departments", "create", "  QA   Team ")
+    assert "already exists" in again.output
+    assert [d.name for d in db.session.scalars(select(Department))] == ["QA Team"]
+
+
+def test_departments_create_rejects_a_blank_name(runner):
+    result = invoke(runner, "departments", "create", "   ")
+    assert result.exit_code != 0
+    assert "Enter a name." in result.output
+    assert count(Department) == 0
+
+
+# --- users -----------------------------------------------------------------------------
+
+
+def test_users_create_then_rerun_adds_a_role(runner):
+    ok(runner, "departments", "create", "QA Team")
+    created = ok(runner, "users", "create", "Tech@Example.com", "--password", PASSWORD,
+                 "--role", "technician", "--department", "QA Team")
+    assert "Created tech@example.com: technician in “QA Team”." in created.output
+    updated = ok(runner, "users", "create", "tech@example.com", "--password", "other pass 123",
+                 "--role", "approver", "--department", "QA Team")
+    assert "Updated tech@example.com: approver" in updated.output
+    assert "password unchanged" in updated.output
+    user = accounts.find_user("tech@example.com")
+    assert sorted(m.role for m in user.memberships) == ["approver", "technician"]
+    assert accounts.sign_in(email="tech@example.com", password=PASSWORD, client_ip="",
+                            now=NOW).user.id == user.id
+
+
+def test_users_create_admin_needs_no_department(runner):
+    ok(runner, "users", "create", "boss@example.com", "--password", PASSWORD, "--role", "admin")
+    assert accounts.find_user("boss@example.com").is_admin
+
+
+def test_users_create_rejects_an_unknown_role(runner):
+    ok(runner, "departments", "create", "QA Team")
+    result = invoke(runner, "users", "create", "x@example.com", "--password", PASSWORD,
+                    "--role", "superuser", "--department", "QA Team")
+    assert result.exit_code != 0
+    assert "Invalid value for '--role'" in result.output
+    assert "'superuser' is not one of" in result.output
+    assert count(User) == 0
+
+
+def test_users_create_rejects_a_department_role_without_department(runner):
+    result = invoke(runner, "users", "create", "x@example.com", "--password", PASSWORD,
+                    "--role", "technician")
+    assert result.exit_code != 0
+    assert "A department role needs a department." in result.output
+    assert count(User) == 0
+
+
+def test_users_create_rejects_an_unknown_department(runner):
+    result = invoke(runner, "users", "create", "x@example.com", "--password", PASSWORD,
+                    "--role", "technician", "--department", "Nowhere")
+    assert result.exit_code != 0
+    assert "No department named “Nowhere”." in result.output
+    assert count(User) == 0
+
+
+@pytest.mark.parametrize("password, message", [
+    (None, "A new user needs a password."),
+    ("short", "Use at least 10 characters."),
+])
+def test_users_create_rejects_a_missing_or_weak_password(runner, password, message):
+    ok(runner, "departments", "create", "QA Team")
+    args = ["users", "create", "x@example.com", "--role", "technician",
+            "--department", "QA Team"]
+    if password:
+        args += ["--password", password]
+    result = invoke(runner, *args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert count(User) == 0
+
+
+def test_users_disable_ends_sessions_and_tokens(runner, make):
+    make.user("tech@example.com")
+    session_token = accounts.sign_in(email="tech@example.com", password=PASSWORD,
+                                     client_ip="", now=NOW).session_token
+    api_token = accounts.create_user_token(user=accounts.find_user("tech@example.com"),
+                                           actor=CLI, now=NOW)
+    db.session.commit()
+    result = ok(runner, "users", "disable", "tech@example.com")
+    assert "Disabled tech@example.com" in result.output
+    assert accounts.load_signed_in_user(session_token) is None
+    assert accounts.find_token(api_token) is None
+    assert accounts.find_user("tech@example.com").is_enabled is False
+    unknown = invoke(runner, "users", "disable", "nobody@example.com")
+    assert unknown.exit_code != 0 and "No user nobody@example.com." in unknown.output
+
+
+# --- devices and tokens ----------------------------------------------------------------
+
+
+def last_line(result):
+    return result.output.rstrip("\n").splitlines()[-1]
+
+
+def test_devices_create_prints_a_working_token_alone_on_the_last_line(runner):
+    ok(runner, "departments", "create", "QA Team")
+    result = ok(runner, "devices", "create", "WIN-0859G9I39J0", "--department", "QA Team",
+                "--os", "Windows 11", "--ip", "10.0.0.5", "--group", "Testers")
+    token = last_line(result)
+    assert token == token.strip() and " " not in token and len(token) >= 32
+    found = accounts.find_token(token)
+    assert found is not None and found.user is None
+    assert (found.device.name, found.device.os, found.device.ip_address,
+            found.device.group.name, found.device.department.name) == (
+        "WIN-0859G9I39J0", "Windows 11", "10.0.0.5", "Testers", "QA Team")
+    # A second device reuses the existing group.
+    ok(runner, "devices", "create", "WIN-2", "--department", "QA Team", "--group", "Testers")
+    assert count(DeviceGroup) == 1
+
+
+def test_devices_create_rejects_duplicates_and_bad_input(runner):
+    ok(runner, "departments", "create", "QA Team")
+    ok(runner, "devices", "create", "PC-1", "--department", "QA Team")
+    for args, message in [
+        (["PC-1", "--department", "QA Team"], "A device named “PC-1” already exists."),
+        (["PC-2", "--department", "QA Team", "--ip", "999.1.1.1"],
+         "Enter an IPv4 or IPv6 address."),
+        (["PC-2", "--department", "Nowhere"], "No department named “Nowhere”."),
+    ]:
+        result = invoke(runner, "devices", "create", *args)
+        assert result.exit_code != 0, args
+        assert message in result.output
+    assert count(Device) == 1
+
+
+def test_tokens_create_prints_a_working_user_token_on_the_last_line(runner, make):
+    make.user("tech@example.com")
+    result = ok(runner, "tokens", "create", "--user", "tech@example.com")
+    found = accounts.find_token(last_line(result))
+    assert found.user.email == "tech@example.com" and found.device is None
+    unknown = invoke(runner, "tokens", "create", "--user", "nobody@example.com")
+    assert unknown.exit_code != 0 and "No user nobody@example.com." in unknown.output
+
+
+# --- audit verify ----------------------------------------------------------------------
+
+
+def test_audit_verify_passes_on_an_intact_trail(runner, make):
+    make.user("tech@example.com")  # a department, a user, a role: three events
+    result = ok(runner, "audit", "verify")
+    assert "Audit trail intact: 3 events verified." in result.output
+
+
+def test_audit_verify_fails_naming_the_edited_event(runner, make):
+    make.user("tech@example.com")
+    db.session.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2"))
+    db.session.commit()
+    result = invoke(runner, "audit", "verify")
+    assert result.exit_code == 1
+    assert "Audit trail broken at event #2" in result.output
+
+
+def test_audit_verify_fails_when_the_last_event_is_deleted(runner, make):
+    make.user("tech@example.com")
+    db.session.execute(text("DELETE FROM audit_events WHERE seq = 3"))
+    db.session.commit()
+    result = invoke(runner, "audit", "verify")
+    assert result.exit_code == 1
+    assert "event #3" in result.output
+
+
+# --- demo data -------------------------------------------------------------------------
+
+
+def row_counts():
+    return {table.name: db.session.scalar(select(func.count()).select_from(table))
+            for table in db.metadata.sorted_tables}
+
+
+def test_demo_seed_creates_a_usable_portal_and_is_idempotent(app):
+    tokens = demo.seed(app)
+    db.session.commit()
+    before = row_counts()
+
+    again = demo.seed(app)
+    db.session.commit()
+    assert row_counts() == before
+    assert again == tokens  # the same tokens are printed every time
+
+    names = set(db.session.scalars(select(Department.name)))
+    assert {"QA Team", "Sales Team"} <= names
+    qa, sales = departments.find_department("QA Team"), departments.find_department("Sales Team")
+    for department in (qa, sales):
+        assert db.session.scalar(select(func.count()).select_from(Device)
+                                 .where(Device.department_id == department.id)) >= 2
+        assert db.session.scalar(select(func.count()).select_from(DeviceGroup)
+                                 .where(DeviceGroup.department_id == department.id)) >= 1
+        assert departments.list_exclusions(department)
+    assert count(Exclusion) >= 2
+
+    roles = set(db.session.scalars(select(Membership.role)))
+    assert roles == {"department_admin", "approver", "auditor", "technician"}
+    assert db.session.scalar(select(func.count()).select_from(User).where(User.is_admin)) >= 1
+    # Every demo user signs in with the printed password.
+    for email in {email for email, _, _ in demo.USERS}:
+        assert accounts.sign_in(email=email, password=demo.DEMO_PASSWORD, client_ip="",
+                                now=NOW).user.email == email
+    db.session.rollback()
+
+    assert tokens, "the demo prints API tokens"
+    for label, token in tokens:
+        found = accounts.find_token(token)
+        assert found is not None, label
+        owner = found.user.email if found.user else found.device.name
+        assert label.startswith(owner), (label, owner)
