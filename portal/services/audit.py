@@ -124,3 +124,20 @@ def verify_audit_chain(batch_size: int = 1000) -> tuple[int, ChainBreak | None]:
         if head is not None and head.last_seq != checked:
             found = ChainBreak(checked + 1, f"chain head says {head.last_seq} events, found {checked}")
     return checked, found
+
+
+def list_events(*, department_id: int, before: int | None, limit: int,
+                request_id: int | None = None) -> tuple[list[AuditEvent], int | None]:
+    """A department's events, newest first, keyed on seq; or one request's whole story.
+    Returns (events, seq to continue before, or None on the last page)."""
+    query = (select(AuditEvent).where(AuditEvent.department_id == department_id)
+             .order_by(AuditEvent.seq.desc()).limit(limit + 1))
+    if request_id is not None:
+        query = query.where(AuditEvent.target_type == "session_request",
+                            AuditEvent.target_id == str(request_id))
+    if before:
+        query = query.where(AuditEvent.seq < before)
+    rows = list(db.session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].seq if more and rows else None)

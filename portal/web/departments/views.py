@@ -217,3 +217,6 @@ def remove_exclusion(department_id: int, exclusion_id: int):
         return _exclusions_fragment(department, message=message)
     return done(message, url_for("departments.settings", department_id=department.id,
                                  _anchor="exclusions"))
+
+
+from portal.web.departments import audit as _audit_views  # noqa: E402,F401  (routes on bp)
