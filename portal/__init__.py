@@ -10,6 +10,7 @@ from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 
 from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
@@ -19,6 +20,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 class ConfigurationError(RuntimeError):
     pass
+
+
+class IdConverter(IntegerConverter):
+    """`<int:…>` in every route: ids fit the database's 32-bit keys, so a huge number in
+    a URL is a plain 404 instead of an overflow in the database driver."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -32,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("PORTAL")
     if config:
         app.config.update(config)
+    app.url_map.converters["int"] = IdConverter
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     _configure_secret_key(app)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):

@@ -105,5 +105,8 @@ class SchedulerLock:
 
     def release(self) -> None:
         if self.connection is not None:
-            self.connection.close()  # ends the session, which frees the lock
+            # Really close the database session, which frees the lock: a plain close()
+            # would only hand the connection back to the pool, lock and all.
+            self.connection.invalidate()
+            self.connection.close()
             self.connection = None

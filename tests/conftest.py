@@ -6,6 +6,7 @@ import os
 from datetime import datetime, timezone
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import text
 
 from portal import create_app
@@ -62,9 +63,27 @@ def _empty_tables() -> None:
     db.session.commit()
 
 
+class RequestPerContextClient(FlaskClient):
+    """Each request in its own app context (its own `g` and database session), as in
+    production. The `app` fixture keeps a context pushed for the test's own queries; without
+    this, every request would share its `g`, and Flask-Login's cached user would leak from
+    one request (or client) to the next.
+
+    What the test has pending is committed before the request, so the request sees it;
+    afterwards the test's objects are expired, so it reads what the request committed."""
+
+    def open(self, *args, **kwargs):
+        db.session.commit()
+        with self.application.app_context():
+            response = super().open(*args, **kwargs)
+        db.session.expire_all()
+        return response
+
+
 @pytest.fixture
 def app(_database):
     app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database})
+    app.test_client_class = RequestPerContextClient
     with app.app_context():
         _empty_tables()
     ctx = app.app_context()

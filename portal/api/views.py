@@ -16,6 +16,9 @@ from portal.services.actors import Actor
 from portal.services.errors import ServiceError
 
 MAX_WAIT_SECONDS = 30
+# Ids in URLs: the id columns are 32-bit integers; a bigger number matches no route (404)
+# instead of reaching the database, where it fails (a 500 on SQLite and PostgreSQL).
+ID = "int(max=2147483647)"
 POLL_INTERVAL_SECONDS = 0.05
 
 
@@ -78,13 +81,14 @@ def _wait_seconds() -> int:
     raw = request.args.get("wait")
     if raw is None:
         return 0
-    if not raw.isdigit() or not 0 <= int(raw) <= MAX_WAIT_SECONDS:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() rejects (a 500).
+    if not (raw.isascii() and raw.isdigit()) or not 0 <= int(raw) <= MAX_WAIT_SECONDS:
         raise BadRequestError(f"“wait” must be a whole number of seconds from 0 to "
                               f"{MAX_WAIT_SECONDS}.")
     return int(raw)
 
 
-@bp.get("/session-requests/<int:request_id>")
+@bp.get(f"/session-requests/<{ID}:request_id>")
 @user_token_required
 def get_session_request(request_id: int):
     wait = _wait_seconds()
@@ -106,7 +110,7 @@ def get_session_request(request_id: int):
     return jsonify(request_object(req, utcnow()))
 
 
-@bp.post("/session-requests/<int:request_id>/cancel")
+@bp.post(f"/session-requests/<{ID}:request_id>/cancel")
 @user_token_required
 def cancel_session_request(request_id: int):
     now = utcnow()
@@ -150,7 +154,7 @@ def agent_prompts():
     return jsonify(payload)
 
 
-@bp.post("/agent/prompts/<int:request_id>")
+@bp.post(f"/agent/prompts/<{ID}:request_id>")
 @device_token_required
 def agent_decide(request_id: int):
     data = body()
@@ -172,15 +176,18 @@ def agent_decide(request_id: int):
 @device_token_required
 def agent_start_session():
     data = body()
-    session = agents.start_remote_session(device=g.api_device,
-                                          request_id=data.get("request_id"),
+    request_id = data.get("request_id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int):
+        raise BadRequestError("“request_id” (the session request's id) is required and "
+                              "must be an integer.")
+    session = agents.start_remote_session(device=g.api_device, request_id=request_id,
                                           actor=device_actor(), now=utcnow())
     db.session.commit()
     return jsonify(id=session.id, request_id=session.request_id,
                    started_at=iso(session.started_at)), 201
 
 
-@bp.post("/agent/sessions/<int:session_id>/end")
+@bp.post(f"/agent/sessions/<{ID}:session_id>/end")
 @device_token_required
 def agent_end_session(session_id: int):
     session = agents.end_remote_session(device=g.api_device, session_id=session_id,

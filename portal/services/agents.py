@@ -66,9 +66,14 @@ def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Session
     return prompts
 
 
+MAX_ID = 2**31 - 1  # the id columns are 32-bit integers
+
+
 def _request_id(raw) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         raise InvalidInputError({"request_id": ["Must be a request id (a positive integer)."]})
+    if raw > MAX_ID:  # no such row; the database would fail on the number itself
+        raise NotFoundError("No such request for this device.")
     return raw
 
 

@@ -97,6 +97,8 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
                            actor: Actor, now: datetime, base_url: str) -> SessionRequest:
     if not isinstance(device_name, str) or not device_name.strip():
         raise InvalidInputError({"device": ["Name the device."]})
+    if not device_name.strip().isprintable():  # e.g. a NUL, which PostgreSQL rejects
+        raise InvalidInputError({"device": ["Use printable characters only."]})
     run_as = _clean_text(run_as, "run_as", MAX_RUN_AS)
     reason = _clean_text(reason, "reason", MAX_REASON)
     device = db.session.scalar(select(Device).where(Device.name == device_name.strip()))

@@ -88,19 +88,24 @@ def status(request_id: int):
 @bp.post("/requests/<int:request_id>/cancel")
 def cancel(request_id: int):
     now = utcnow()
+    http_status = 200
     try:
         req = service.cancel_request(user=current_user, request_id=request_id,
                                      actor=current_actor(), now=now)
     except service.DecisionError as exc:
         db.session.commit()
         req = service.get_own_request(current_user, request_id)
-        message, category = exc.message, "error"
+        message, category, http_status = exc.message, "error", exc.status
     else:
         db.session.commit()
         message, category = "Request cancelled.", "info"
     if is_htmx():
-        return fragment("requests/_status.html", flash_message=message, category=category,
-                        **_status_context(req, now))
+        # Rendered here, not through fragment(): the template's `status` (the request's
+        # state) would land in fragment()'s HTTP status argument.
+        body = render_template("requests/_status.html", **_status_context(req, now))
+        body += render_template("_macros/_oob_flash.html", message=message,
+                                category=category)
+        return make_response(body, http_status)
     return done(message, url_for("requests.show", request_id=request_id), category=category)
 
 

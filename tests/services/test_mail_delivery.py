@@ -1,0 +1,393 @@
+"""Mail delivery over real SMTP (a local aiosmtpd server): the "Check Request" email, links
+that GET/HEAD can't spend, first recipient wins, retries with backoff when SMTP is down or
+answers 4xx, no retry after 5xx, no mail once the request is over, and the dev Outbox
+when no mail server is configured (security.md 1, 8, 22-24)."""
+from __future__ import annotations
+
+import socket
+import threading
+from datetime import timedelta
+from email import message_from_bytes, policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from conftest import NOW, PASSWORD, TEST_CONFIG, _empty_tables
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from portal import create_app
+from portal.extensions import db
+from portal.jobs import deliver_mail, utcnow
+from portal.models import ApprovalLink, AuditEvent, OutboxMessage, SessionRequest
+from portal.services import accounts, departments
+from portal.services import mail as outbox
+from portal.services.actors import CLI
+
+DEVICE = "WIN-0859G9I39J0"
+R1, R2 = "first-approver@example.com", "second-approver@example.com"
+SENDER = "Session Gate <gate@portal.test>"
+
+
+# --- a real SMTP server -----------------------------------------------------------------
+
+
+class RecordingHandler:
+    """Accepts mail and records it, or answers 451 / 550 when told to."""
+
+    def __init__(self) -> None:
+        self.mode = "accept"  # "accept" | "451" (temporary) | "550" (permanent)
+        self.messages: list[tuple[list[str], object]] = []
+        self.rcpt_attempts = 0
+        self._lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self._lock:
+            self.rcpt_attempts += 1
+        if self.mode == "550":
+            return "550 5.1.1 Mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.mode == "451":
+            return "451 4.3.0 Mailbox busy, try again later"
+        parsed = message_from_bytes(envelope.content, policy=policy.default)
+        with self._lock:
+            self.messages.append((list(envelope.rcpt_tos), parsed))
+        return "250 Message accepted for delivery"
+
+    def received_by(self, address: str) -> list:
+        return [m for rcpt, m in self.messages if address in rcpt]
+
+
+class SmtpServer:
+    """An aiosmtpd controller on a fixed free port that can go down and come back."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.handler = RecordingHandler()
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
+        # A fresh controller each time: a stopped one has closed its event loop.
+        # server_hostname spares aiosmtpd a slow getfqdn() look-up.
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
+                                     server_hostname="smtp.test", ready_timeout=5)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+
+@pytest.fixture
+def smtp():
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mail_settings(smtp):
+    """Flask-Mail suppresses sending under TESTING unless told otherwise."""
+    return {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port, "MAIL_SUPPRESS_SEND": False,
+            "MAIL_DEFAULT_SENDER": SENDER}
+
+
+class RequestPerContextClient(FlaskClient):
+    """Each test request in its own app context (its own `g` and database session), as
+    in production, although the fixture keeps one app context pushed."""
+
+    def open(self, *args, **kwargs):
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
+@pytest.fixture
+def app(_database, mail_settings):
+    """conftest's app, plus the mail settings (read by Flask-Mail at start-up)."""
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database, **mail_settings})
+    app.test_client_class = RequestPerContextClient
+    with app.app_context():
+        _empty_tables()
+    ctx = app.app_context()
+    ctx.push()
+    yield app
+    db.session.remove()
+    ctx.pop()
+    with app.app_context():
+        db.engine.dispose()
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def qa(make):
+    department = make.department("QA Team")
+    make.device(department, DEVICE)
+    make.user("tech@example.com", "technician", department)
+    make.user(R1, "approver", department)
+    make.user(R2, "approver", department)
+    make.user("admin@example.com", "admin")
+    values = {**departments.settings_values(department.settings),
+              "is_email_authorization_required": True,
+              "email_recipients": f"{R1}\n{R2}"}
+    departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
+    db.session.commit()
+    return department
+
+
+@pytest.fixture
+def tech_token(qa):
+    token = accounts.create_user_token(user=accounts.find_user("tech@example.com"),
+                                       actor=CLI, now=NOW)
+    db.session.commit()
+    return token
+
+
+@pytest.fixture
+def request_id(client, tech_token):
+    """A pending request created the way the technician console does it."""
+    response = client.post("/api/v1/session-requests",
+                           json={"device": DEVICE, "run_as": "CORP\\jsmith",
+                                 "reason": "Printer driver"},
+                           headers={"Authorization": f"Bearer {tech_token}"})
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["status"] == "pending"
+    return response.get_json()["id"]
+
+
+def fresh_rows(model, *where):
+    db.session.expire_all()
+    return list(db.session.scalars(select(model).where(*where).order_by(model.id)))
+
+
+def outbox_rows(request_id):
+    return fresh_rows(OutboxMessage, OutboxMessage.request_id == request_id)
+
+
+def snapshot(request_id):
+    """Everything a decision would touch, as plain values."""
+    db.session.expire_all()
+    rows = {"request": db.session.execute(select(SessionRequest.__table__).where(
+        SessionRequest.id == request_id)).one()._asdict()}
+    rows["links"] = [r._asdict() for r in db.session.execute(
+        select(ApprovalLink.__table__).order_by(ApprovalLink.id))]
+    rows["decisions"] = count_events("request.decided")
+    return rows
+
+
+def count_events(action, outcome=None):
+    query = select(func.count()).select_from(AuditEvent).where(AuditEvent.action == action)
+    if outcome:
+        query = query.where(AuditEvent.outcome == outcome)
+    return db.session.scalar(query)
+
+
+def deliver_later(app, seconds):
+    """A delivery run `seconds` from now (the job itself, at a later clock)."""
+    with app.app_context():
+        report = outbox.deliver_outbox(utcnow() + timedelta(seconds=seconds))
+        db.session.commit()
+        db.session.remove()
+    return report
+
+
+def link_path(message) -> str:
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    line = next(l for l in text.splitlines() if l.startswith("Check Request: "))
+    url = line.removeprefix("Check Request: ").strip()
+    assert url.startswith("http://portal.test/approvals/")
+    return url.removeprefix("http://portal.test")
+
+
+def sign_in(app, email):
+    client = app.test_client()
+    response = client.post("/login", data={"email": email, "password": PASSWORD})
+    assert response.status_code == 303
+    return client
+
+
+# --- the whole flow ---------------------------------------------------------------------
+
+
+def test_each_recipient_gets_one_email_and_the_first_allow_wins(app, client, smtp,
+                                                                request_id):
+    report = deliver_mail(app)
+    assert sorted(report.sent) == [m.id for m in outbox_rows(request_id)]
+    assert [len(smtp.handler.received_by(r)) for r in (R1, R2)] == [1, 1]
+
+    email = smtp.handler.received_by(R1)[0]
+    assert email["Subject"] == f"Remote session request for {DEVICE}"
+    assert email["From"] == SENDER and email["To"] == R1
+    assert email.is_multipart()  # Flask-Mail: multipart/mixed around the alternative
+    parts = [part.get_content_type() for part in email.walk()]
+    assert "multipart/alternative" in parts
+    assert parts.count("text/plain") == 1 and parts.count("text/html") == 1
+    text = email.get_body(preferencelist=("plain",)).get_content()
+    html = email.get_body(preferencelist=("html",)).get_content()
+    assert "The link is valid for 3 minutes" in text
+    assert "The link is valid for 3 minutes" in html
+    assert "tech@example.com" in text and "CORP\\jsmith" in text
+    path = link_path(email)
+    assert f'href="http://portal.test{path}"' in html and ">Check Request</a>" in html
+    assert link_path(smtp.handler.received_by(R2)[0]) != path
+
+    # A mail scanner (or the recipient) opening the link changes nothing.
+    before = snapshot(request_id)
+    assert client.head(path).status_code == 200
+    page = client.get(path)
+    assert page.status_code == 200 and "Allow Session" in page.get_data(as_text=True)
+    assert snapshot(request_id) == before
+    assert before["request"]["status"] == "pending"
+    assert before["request"]["decided_by"] is None and before["decisions"] == 0
+
+    first = sign_in(app, R1)
+    allowed = first.post(path, data={"decision": "allow"})
+    assert allowed.status_code == 200
+    assert f"Allowed by {R1}." in allowed.get_data(as_text=True)
+    req = db.session.get(SessionRequest, request_id)
+    assert (req.status, req.decided_by, req.email_check) == ("approved", R1, "allowed")
+
+    second = sign_in(app, R2)
+    late = second.post(link_path(smtp.handler.received_by(R2)[0]), data={"decision": "deny"})
+    assert late.status_code == 409
+    body = late.get_data(as_text=True)
+    assert "already been decided" in body and f"Allowed by {R1}." in body
+    req = fresh_rows(SessionRequest, SessionRequest.id == request_id)[0]
+    assert (req.status, req.decided_by) == ("approved", R1)
+    assert count_events("request.decided") == 1
+
+    # The outbox keeps no working copy of the links' secrets.
+    for message in outbox_rows(request_id):
+        assert message.status == "sent" and message.attempts == 1
+        assert "/approvals/(redacted)" in message.body_text
+        assert outbox.approval_links_in(message) == []
+        assert path not in message.body_text and path not in message.body_html
+    assert count_events("email.sent") == 2
+
+
+def test_smtp_down_then_back_delivers_each_email_exactly_once(app, smtp, request_id):
+    smtp.stop()
+    before = utcnow()
+    report = deliver_mail(app)
+    assert len(report.retried) == 2 and not report.sent
+    # The request and its mail were committed before delivery was tried.
+    assert fresh_rows(SessionRequest, SessionRequest.id == request_id)[0].status == "pending"
+    for message in outbox_rows(request_id):
+        assert (message.status, message.attempts) == ("pending", 1)
+        assert "ConnectionRefusedError" in message.last_error
+        assert message.next_attempt_at > utcnow()
+        assert message.next_attempt_at > before + timedelta(seconds=4)  # a 5 s backoff
+        assert outbox.approval_links_in(message)  # still deliverable
+
+    smtp.start()
+    assert deliver_mail(app).sent == []  # not due yet: the backoff holds
+    assert smtp.handler.messages == []
+
+    report = deliver_later(app, 6)
+    assert len(report.sent) == 2
+    assert deliver_later(app, 60).sent == []  # nothing is sent twice
+    assert [len(smtp.handler.received_by(r)) for r in (R1, R2)] == [1, 1]
+    assert {(m.status, m.attempts, m.last_error) for m in outbox_rows(request_id)} == {
+        ("sent", 2, None)}
+
+
+def test_permanent_refusal_fails_without_retry_and_shows_on_the_outbox(app, smtp,
+                                                                       request_id):
+    smtp.handler.mode = "550"
+    report = deliver_mail(app)
+    assert len(report.failed) == 2 and not report.sent and not report.retried
+    attempts = smtp.handler.rcpt_attempts
+    assert attempts == 2
+    for message in outbox_rows(request_id):
+        assert message.status == "failed" and "550" in message.last_error
+        assert outbox.approval_links_in(message) == []  # failed mail keeps no secret
+    assert count_events("email.failed", outcome="failure") == 2
+
+    smtp.handler.mode = "accept"
+    assert deliver_later(app, 3600).sent == []  # never retried
+    assert smtp.handler.rcpt_attempts == attempts and smtp.handler.messages == []
+
+    req = fresh_rows(SessionRequest, SessionRequest.id == request_id)[0]
+    assert (req.status, req.decided_by, req.email_check) == ("pending", None, "pending")
+    assert count_events("request.decided") == 0
+
+    admin = sign_in(app, "admin@example.com")
+    page = admin.get("/outbox").get_data(as_text=True)
+    assert page.count("mail-failed") == 2
+    assert "550" in page and "5.1.1 Mailbox unavailable" in page
+    assert "Check Request</a>" not in page
+
+
+def test_temporary_refusal_is_retried_later(app, smtp, request_id):
+    smtp.handler.mode = "451"
+    report = deliver_mail(app)
+    assert len(report.retried) == 2 and not report.failed
+    for message in outbox_rows(request_id):
+        assert (message.status, message.attempts) == ("pending", 1)
+        assert "451" in message.last_error
+    smtp.handler.mode = "accept"
+    assert len(deliver_later(app, 6).sent) == 2
+    assert [len(smtp.handler.received_by(r)) for r in (R1, R2)] == [1, 1]
+
+
+@pytest.mark.parametrize("end", ["cancel", "allow"])
+def test_retries_stop_once_the_request_is_decided_or_cancelled(app, client, smtp,
+                                                               tech_token, request_id, end):
+    smtp.stop()
+    assert len(deliver_mail(app).retried) == 2
+    if end == "cancel":
+        response = client.post(f"/api/v1/session-requests/{request_id}/cancel",
+                               headers={"Authorization": f"Bearer {tech_token}"})
+        assert response.status_code == 200
+    else:
+        approver = sign_in(app, R1)
+        assert approver.post(f"/requests/{request_id}/decide",
+                             data={"decision": "allow"}).status_code == 303
+    smtp.start()
+    report = deliver_later(app, 60)
+    assert report.sent == [] and smtp.handler.messages == []
+    for message in outbox_rows(request_id):
+        assert message.status == "cancelled"
+        assert outbox.approval_links_in(message) == []
+
+
+def test_mail_due_after_the_deadline_is_cancelled_by_the_job(app, smtp, request_id):
+    smtp.stop()
+    assert len(deliver_mail(app).retried) == 2
+    smtp.start()
+    report = deliver_later(app, 181)  # past expires_at; no expiry sweep has run
+    assert len(report.cancelled) == 2 and report.sent == []
+    assert smtp.handler.messages == []
+    assert {m.status for m in outbox_rows(request_id)} == {"cancelled"}
+
+
+@pytest.mark.parametrize("mail_settings", [{}])  # no MAIL_SERVER: the dev Outbox
+def test_without_a_mail_server_mail_waits_in_the_outbox_with_working_links(
+        app, mail_settings, request_id):
+    assert not app.config.get("MAIL_SERVER")
+    report = deliver_mail(app)
+    assert (report.sent, report.retried, report.failed) == ([], [], [])
+    messages = outbox_rows(request_id)
+    assert [(m.status, m.attempts) for m in messages] == [("pending", 0), ("pending", 0)]
+
+    technician = sign_in(app, "tech@example.com")
+    assert technician.get("/outbox").status_code == 403
+
+    admin = sign_in(app, "admin@example.com")
+    page = admin.get("/outbox")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert "No mail server is configured" in html
+    urls = [outbox.approval_links_in(m)[0] for m in messages]
+    for url in urls:
+        assert f'<a class="button primary" href="{url}">Check Request</a>' in html
+    opened = admin.get(urls[0].removeprefix("http://portal.test"))
+    assert opened.status_code == 200
+    assert DEVICE in opened.get_data(as_text=True)

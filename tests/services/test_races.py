@@ -1,0 +1,241 @@
+"""Races on PostgreSQL with real threads (security.md 7, 10): first decision wins, one
+expiry per request however many sweeps run, and concurrent audited writes keep one hash
+chain. Each thread has its own app context, so its own database session and connection,
+and all start together behind a barrier."""
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from conftest import NOW
+from sqlalchemy import func, select
+
+from portal.extensions import db
+from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest, User
+from portal.services import accounts, departments, mail
+from portal.services import requests as service
+from portal.services.actors import CLI, SYSTEM, Actor
+from portal.services.audit import record_event, verify_audit_chain
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not os.environ.get("PORTAL_TEST_DATABASE_URI", "").startswith("postgresql"),
+        reason="races need PostgreSQL (set PORTAL_TEST_DATABASE_URI)"),
+]
+
+DEVICE = "WIN-0859G9I39J0"
+R1, R2 = "first-approver@example.com", "second-approver@example.com"
+PORTAL_APPROVER = "portal-approver@example.com"
+ROUNDS = 10
+
+
+@pytest.fixture
+def qa(make):
+    department = make.department("QA Team")
+    device = make.device(department, DEVICE)
+    device.logged_in_user = "alice"  # the end-user prompt is shown
+    make.user("tech@example.com", "technician", department)
+    for email in (R1, R2, PORTAL_APPROVER):
+        make.user(email, "approver", department)
+    values = {**departments.settings_values(department.settings),
+              "is_confirmation_shown": True, "is_email_authorization_required": True,
+              "email_recipients": f"{R1}\n{R2}"}
+    departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
+    db.session.commit()
+    return department
+
+
+def new_request(created_at=NOW):
+    req = service.create_session_request(
+        technician=accounts.find_user("tech@example.com"), device_name=DEVICE, actor=CLI,
+        now=created_at, base_url="http://portal.test")
+    db.session.commit()
+    assert (req.status, req.end_user_check, req.email_check) == ("pending", "pending",
+                                                                 "pending")
+    tokens = {m.recipient: mail.approval_links_in(m)[0].rsplit("/", 1)[1]
+              for m in db.session.scalars(select(OutboxMessage).where(
+                  OutboxMessage.request_id == req.id))}
+    return req.id, tokens
+
+
+def run_together(app, contenders: dict) -> dict:
+    """Run each contender in its own thread and app context. A contender is
+    `prepare() -> act`: prepare loads what it needs, then all `act()` at once after the
+    barrier. The result is "won", a DecisionError's status, or an unexpected exception."""
+    barrier = threading.Barrier(len(contenders))
+    results: dict = {}
+
+    def worker(name, prepare):
+        with app.app_context():
+            try:
+                act = prepare()
+                barrier.wait(timeout=10)
+                act()
+                db.session.commit()
+                results[name] = "won"
+            except service.DecisionError as exc:
+                db.session.commit()  # as the views do: keep an expiry it may have written
+                results[name] = exc.status
+            except Exception as exc:  # noqa: BLE001 - reported by the assertions
+                db.session.rollback()
+                results[name] = exc
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=worker, args=item) for item in contenders.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a contender hung"
+    return results
+
+
+def user(email):
+    return db.session.scalar(select(User).where(User.email == email))
+
+
+def decided_events(request_id):
+    return list(db.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "request.decided", AuditEvent.target_id == str(request_id))))
+
+
+def contenders_for(request_id, tokens, now):
+    def end_user_accepts():
+        device = db.session.scalar(select(Device).where(Device.name == DEVICE))
+        return lambda: service.decide_by_end_user(
+            device=device, request_id=request_id, decision="accept",
+            actor=Actor(label=f"device:{DEVICE}"), now=now)
+
+    def link(recipient, decision):
+        def prepare():
+            signed_in = user(recipient)
+            return lambda: service.decide_with_link(
+                token=tokens[recipient], decision=decision, signed_in=signed_in,
+                actor=Actor.for_user(signed_in), now=now)
+        return prepare
+
+    def portal_denies():
+        approver = user(PORTAL_APPROVER)
+        return lambda: service.decide_in_portal(
+            user=approver, request_id=request_id, decision="deny",
+            actor=Actor.for_user(approver), now=now)
+
+    return {"end_user": end_user_accepts, "link_allow": link(R1, "allow"),
+            "link_deny": link(R2, "deny"), "portal_deny": portal_denies}
+
+
+EXPECTED = {  # winner -> (status, decided_by, end_user_check, email_check)
+    "end_user": ("approved", "end_user", "accepted", "pending"),
+    "link_allow": ("approved", R1, "pending", "allowed"),
+    "link_deny": ("denied", R2, "pending", "denied"),
+    "portal_deny": ("denied", PORTAL_APPROVER, "pending", "pending"),
+}
+
+
+def test_first_decision_wins_among_concurrent_deciders(app, qa):
+    winners = Counter()
+    for round_ in range(ROUNDS):
+        created = NOW + timedelta(minutes=round_)
+        request_id, tokens = new_request(created)
+        results = run_together(app, contenders_for(request_id, tokens,
+                                                   created + timedelta(seconds=5)))
+        won = [name for name, result in results.items() if result == "won"]
+        assert len(won) == 1, results
+        assert sorted(r for r in results.values() if r != "won") == [409, 409, 409], results
+        winners[won[0]] += 1
+
+        db.session.expire_all()
+        req = db.session.get(SessionRequest, request_id)
+        assert (req.status, req.decided_by, req.end_user_check, req.email_check) == \
+            EXPECTED[won[0]], (round_, won)
+        assert req.decided_at == created + timedelta(seconds=5)
+        events = decided_events(request_id)
+        assert len(events) == 1 and events[0].details["status"] == req.status
+        assert {m.status for m in db.session.scalars(select(OutboxMessage).where(
+            OutboxMessage.request_id == request_id))} == {"cancelled"}
+    assert sum(winners.values()) == ROUNDS
+    assert verify_audit_chain()[1] is None
+
+
+def test_concurrent_allow_and_deny_by_two_portal_approvers(app, qa):
+    for round_ in range(ROUNDS):
+        created = NOW + timedelta(minutes=round_)
+        request_id, _ = new_request(created)
+
+        def portal(email, decision):
+            def prepare():
+                approver = user(email)
+                return lambda: service.decide_in_portal(
+                    user=approver, request_id=request_id, decision=decision,
+                    actor=Actor.for_user(approver), now=created + timedelta(seconds=1))
+            return prepare
+
+        results = run_together(app, {"allow": portal(R1, "allow"),
+                                     "deny": portal(R2, "deny")})
+        assert sorted(results.values(), key=str) == [409, "won"], results
+        winner = next(name for name, result in results.items() if result == "won")
+        db.session.expire_all()
+        req = db.session.get(SessionRequest, request_id)
+        assert (req.status, req.decided_by) == (
+            ("approved", R1) if winner == "allow" else ("denied", R2))
+        assert len(decided_events(request_id)) == 1
+    assert verify_audit_chain()[1] is None
+
+
+def test_concurrent_expiry_sweeps_move_each_request_once(app, qa):
+    for round_ in range(3):
+        created = NOW + timedelta(hours=round_)
+        ids = {new_request(created + timedelta(seconds=i))[0] for i in range(20)}
+        swept: dict = {}
+
+        def sweeper(name):
+            def prepare():
+                def act():
+                    swept[name] = service.expire_overdue(created + timedelta(minutes=30))
+                return act
+            return prepare
+
+        results = run_together(app, {f"sweep-{n}": sweeper(f"sweep-{n}") for n in range(2)})
+        assert set(results.values()) == {"won"}, results  # a sweep never fails
+        moved = [i for found in swept.values() for i in found]
+        assert sorted(moved) == sorted(ids)  # every request once, none twice
+
+        db.session.expire_all()
+        rows = db.session.scalars(select(SessionRequest).where(SessionRequest.id.in_(ids)))
+        assert {(r.status, r.decided_at) for r in rows} == {
+            ("timed_out", created + timedelta(minutes=30))}
+        per_request = Counter(db.session.scalars(select(AuditEvent.target_id).where(
+            AuditEvent.action == "request.timed_out")))
+        assert {int(i) for i in per_request} >= ids
+        assert all(per_request[str(i)] == 1 for i in ids), per_request
+    assert verify_audit_chain()[1] is None
+
+
+def test_concurrent_audited_writes_keep_one_chain(app, qa):
+    before = db.session.scalar(select(func.count()).select_from(AuditEvent))
+    writers, writes = 8, 5
+
+    def writer(n):
+        def prepare():
+            def act():
+                for i in range(writes):
+                    record_event(actor=SYSTEM, action="test.concurrent", target_type="test",
+                                 target_id=f"{n}-{i}", now=NOW, details={"writer": n})
+                    db.session.commit()
+            return act
+        return prepare
+
+    results = run_together(app, {n: writer(n) for n in range(writers)})
+    assert set(results.values()) == {"won"}, results
+    db.session.expire_all()
+    chain = list(db.session.execute(select(AuditEvent.seq, AuditEvent.prev_hash,
+                                           AuditEvent.hash).order_by(AuditEvent.seq)))
+    assert len(chain) == before + writers * writes
+    assert [row.seq for row in chain] == list(range(1, len(chain) + 1))
+    assert all(b.prev_hash == a.hash for a, b in zip(chain, chain[1:]))  # no fork
+    assert verify_audit_chain() == (len(chain), None)

@@ -1,0 +1,211 @@
+"""The job process: the start-up sweep catches what expired while nothing ran, a running
+scheduler times requests out on time, one scheduler is elected on PostgreSQL, and with no
+scheduler at all a late decision is still refused (security.md 9, 11; design.md
+"Production shape"). Real threads, the real clock; the database is polled, never slept on."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from conftest import NOW, PASSWORD
+from flask.testing import FlaskClient
+from sqlalchemy import func, select, update
+
+from portal.extensions import db
+from portal.jobs import SchedulerLock, build_scheduler, utcnow
+from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest
+from portal.services import accounts, departments
+from portal.services import mail as outbox
+from portal.services import requests as service
+from portal.services.actors import CLI
+from portal.services.audit import verify_audit_chain
+
+DEVICE = "WIN-0859G9I39J0"
+APPROVER = "approver@example.com"
+
+
+class RequestPerContextClient(FlaskClient):
+    """Each test request in its own app context, as in production."""
+
+    def open(self, *args, **kwargs):
+        with self.application.app_context():
+            return super().open(*args, **kwargs)
+
+
+@pytest.fixture
+def qa(app, make):
+    app.test_client_class = RequestPerContextClient
+    department = make.department("QA Team")
+    make.device(department, DEVICE)
+    make.user("tech@example.com", "technician", department)
+    make.user(APPROVER, "approver", department)
+    values = {**departments.settings_values(department.settings),
+              "is_confirmation_shown": True, "is_shown_when_locked": True,
+              "is_email_authorization_required": True, "email_recipients": APPROVER}
+    departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
+    db.session.commit()
+    return department
+
+
+@pytest.fixture
+def device_token(qa):
+    token = accounts.create_device_token(
+        device=db.session.scalar(select(Device).where(Device.name == DEVICE)), actor=CLI,
+        now=NOW)
+    db.session.commit()
+    return token
+
+
+@pytest.fixture
+def start_scheduler(app):
+    """Starts build_scheduler(app) in the background; always shut down afterwards."""
+    running = []
+
+    def start():
+        scheduler = build_scheduler(app)
+        scheduler.start()
+        running.append(scheduler)
+        return scheduler
+
+    yield start
+    for scheduler in running:
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+
+
+def new_request(created_at):
+    req = service.create_session_request(
+        technician=accounts.find_user("tech@example.com"), device_name=DEVICE, actor=CLI,
+        now=created_at, base_url="http://portal.test")
+    db.session.commit()
+    assert req.status == "pending"
+    return req.id
+
+
+def statuses(ids):
+    db.session.rollback()  # a fresh look: nothing cached, no transaction kept open
+    rows = db.session.execute(select(SessionRequest.id, SessionRequest.status)
+                              .where(SessionRequest.id.in_(ids)))
+    return {row.id: row.status for row in rows}
+
+
+def wait_until(predicate, timeout):
+    """Poll until `predicate()` is true; the elapsed seconds, or fail after `timeout`."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"not true within {timeout} s")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def timed_out_events(request_id):
+    return db.session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == "request.timed_out", AuditEvent.target_id == str(request_id)))
+
+
+def set_deadline(request_id, deadline):
+    db.session.execute(update(SessionRequest).where(SessionRequest.id == request_id).values(
+        expires_at=deadline, end_user_deadline=deadline, email_deadline=deadline))
+    db.session.commit()
+
+
+def test_start_up_sweep_expires_requests_that_went_overdue_while_down(qa, start_scheduler):
+    overdue = [new_request(utcnow() - timedelta(hours=1, minutes=m)) for m in range(3)]
+    waiting = new_request(utcnow())
+    assert set(statuses(overdue).values()) == {"pending"}  # nothing ran while "down"
+
+    start_scheduler()
+    wait_until(lambda: set(statuses(overdue).values()) == {"timed_out"}, timeout=2)
+    assert statuses([waiting]) == {waiting: "pending"}
+    assert [timed_out_events(i) for i in overdue] == [1, 1, 1]
+    for request_id in overdue:  # its mail is not sent any more, its links are gone
+        messages = db.session.scalars(select(OutboxMessage).where(
+            OutboxMessage.request_id == request_id))
+        assert {m.status for m in messages} == {"cancelled"}
+    assert verify_audit_chain()[1] is None
+
+
+def test_running_scheduler_times_a_request_out_at_its_deadline(qa, start_scheduler):
+    request_id = new_request(utcnow())
+    start_scheduler()
+    deadline = utcnow() + timedelta(seconds=1)
+    set_deadline(request_id, deadline)
+    # Polling from now: the deadline is ~1 s away, the transition due within 1.5 s of it.
+    wait_until(lambda: statuses([request_id])[request_id] == "timed_out", timeout=2.5)
+    observed = utcnow()
+    assert observed <= deadline + timedelta(seconds=1.5)
+    req = db.session.get(SessionRequest, request_id)
+    assert req.decided_at >= deadline  # never before the deadline
+    assert req.decided_at <= deadline + timedelta(seconds=1.5)
+    assert (req.decided_by, timed_out_events(request_id)) == (None, 1)
+
+
+@pytest.mark.postgres
+def test_only_one_scheduler_holds_the_lock_on_postgresql(app, runner):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the advisory lock exists on PostgreSQL only")
+    first, second = SchedulerLock(app), SchedulerLock(app)
+    try:
+        assert first.acquire() is True
+        assert second.acquire() is False
+        result = runner.invoke(args=["scheduler", "--no-wait"])
+        assert result.exit_code != 0 and "Another scheduler is running." in result.output
+        first.release()
+        assert second.acquire() is True
+        assert SchedulerLock(app).acquire() is False
+    finally:
+        first.release()
+        second.release()
+
+
+def test_sqlite_has_nothing_to_elect(app):
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    first, second = SchedulerLock(app), SchedulerLock(app)
+    assert first.acquire() is True and second.acquire() is True
+    first.release()
+    second.release()
+
+
+def test_late_link_decision_without_a_scheduler_is_410(app, qa):
+    request_id = new_request(utcnow())
+    link = outbox.approval_links_in(db.session.scalars(select(OutboxMessage).where(
+        OutboxMessage.request_id == request_id)).one())[0]
+    set_deadline(request_id, utcnow() - timedelta(seconds=1))
+    assert statuses([request_id]) == {request_id: "pending"}  # no job has run
+
+    client = app.test_client()
+    path = link.removeprefix("http://portal.test")
+    assert client.post("/login", data={"email": APPROVER, "password": PASSWORD,
+                                       "next": path}).headers["Location"] == path
+    response = client.post(path, data={"decision": "allow"})
+    assert response.status_code == 410
+    assert "Request expired" in response.get_data(as_text=True)
+    assert statuses([request_id]) == {request_id: "timed_out"}
+    req = db.session.get(SessionRequest, request_id)
+    assert (req.decided_by, req.email_check) == (None, "pending")
+    assert timed_out_events(request_id) == 1
+
+
+def test_late_prompt_answer_through_the_api_is_410(app, client, device_token):
+    technician = accounts.create_user_token(user=accounts.find_user("tech@example.com"),
+                                            actor=CLI, now=NOW)
+    db.session.commit()
+    request_id = new_request(utcnow())
+    set_deadline(request_id, utcnow() - timedelta(seconds=1))
+    as_technician = {"Authorization": f"Bearer {technician}"}
+    seen = client.get(f"/api/v1/session-requests/{request_id}", headers=as_technician)
+    assert seen.get_json()["status"] == "timed_out"  # reads timed out before any job
+    assert seen.get_json()["outcome_message"] == "The Session Confirmation request has timed out."
+
+    response = client.post(f"/api/v1/agent/prompts/{request_id}", json={"decision": "accept"},
+                           headers={"Authorization": f"Bearer {device_token}"})
+    assert response.status_code == 410
+    assert response.get_json()["error"]["code"] == "expired"
+    assert statuses([request_id]) == {request_id: "timed_out"}
+    after = client.get(f"/api/v1/session-requests/{request_id}", headers=as_technician)
+    assert (after.get_json()["status"], after.get_json()["decided_by"]) == ("timed_out", None)
+    assert after.get_json()["checks"] == {"end_user": "timed_out", "email": "timed_out"}
+    assert timed_out_events(request_id) == 1
