@@ -81,8 +81,15 @@ class RequestPerContextClient(FlaskClient):
 
 
 @pytest.fixture
-def app(_database):
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database})
+def app_config() -> dict:
+    """Extra configuration for the `app` fixture; a module overrides this fixture to add
+    settings read at start-up (e.g. the mail server)."""
+    return {}
+
+
+@pytest.fixture
+def app(_database, app_config):
+    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database, **app_config})
     app.test_client_class = RequestPerContextClient
     with app.app_context():
         _empty_tables()

@@ -11,11 +11,9 @@ from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import NOW, PASSWORD, TEST_CONFIG, _empty_tables
-from flask.testing import FlaskClient
+from conftest import NOW, PASSWORD
 from sqlalchemy import func, select
 
-from portal import create_app
 from portal.extensions import db
 from portal.jobs import deliver_mail, utcnow
 from portal.models import ApprovalLink, AuditEvent, OutboxMessage, SessionRequest
@@ -98,29 +96,10 @@ def mail_settings(smtp):
             "MAIL_DEFAULT_SENDER": SENDER}
 
 
-class RequestPerContextClient(FlaskClient):
-    """Each test request in its own app context (its own `g` and database session), as
-    in production, although the fixture keeps one app context pushed."""
-
-    def open(self, *args, **kwargs):
-        with self.application.app_context():
-            return super().open(*args, **kwargs)
-
-
 @pytest.fixture
-def app(_database, mail_settings):
+def app_config(mail_settings):
     """conftest's app, plus the mail settings (read by Flask-Mail at start-up)."""
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database, **mail_settings})
-    app.test_client_class = RequestPerContextClient
-    with app.app_context():
-        _empty_tables()
-    ctx = app.app_context()
-    ctx.push()
-    yield app
-    db.session.remove()
-    ctx.pop()
-    with app.app_context():
-        db.engine.dispose()
+    return mail_settings
 
 
 # --- data -------------------------------------------------------------------------------

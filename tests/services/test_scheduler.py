@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 from conftest import NOW, PASSWORD
-from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
 from portal.extensions import db
@@ -25,17 +24,8 @@ DEVICE = "WIN-0859G9I39J0"
 APPROVER = "approver@example.com"
 
 
-class RequestPerContextClient(FlaskClient):
-    """Each test request in its own app context, as in production."""
-
-    def open(self, *args, **kwargs):
-        with self.application.app_context():
-            return super().open(*args, **kwargs)
-
-
 @pytest.fixture
 def qa(app, make):
-    app.test_client_class = RequestPerContextClient
     department = make.department("QA Team")
     make.device(department, DEVICE)
     make.user("tech@example.com", "technician", department)

@@ -10,7 +10,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import PASSWORD, TEST_CONFIG
-from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
 from portal import create_app
@@ -58,20 +57,6 @@ class Page(HTMLParser):
             self.forms[-1]["buttons"][-1] += data.strip()
         elif self._in == "script":
             self.scripts[-1]["text"] += data
-
-
-class RequestPerContextClient(FlaskClient):
-    """Each request in its own app context (own `g`, own session), as in production:
-    conftest's `app` keeps one pushed, which would make all clients share one `g`."""
-
-    def open(self, *args, **kwargs):
-        with self.application.app_context():
-            return super().open(*args, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _request_per_context(app):
-    app.test_client_class = RequestPerContextClient
 
 
 @pytest.fixture
