@@ -188,7 +188,7 @@ def decides_anywhere(user: User) -> bool:
                                     Membership.role.in_(DECIDER_ROLES)).limit(1)) is not None
 
 
-def pending_for(user: User, now: datetime, limit: int = 100
+def pending_for(user: User, now: datetime, limit: int = 50
                 ) -> tuple[list[SessionRequest], int]:
     """Open requests of the departments where the user decides; earliest deadline first.
     Returns (up to `limit` rows with device and technician loaded, total count)."""

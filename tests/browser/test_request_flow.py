@@ -118,3 +118,25 @@ def test_technician_cancels_and_approver_sees_the_list_update(
     expect(technician.get_by_text("The request was cancelled.").first).to_be_visible()
     expect(row).to_have_count(0, timeout=5000)  # and leaves without a reload
     assert fresh().get(SessionRequest, request_id).status == "cancelled"
+
+
+def test_approver_allows_from_the_live_pending_list(
+        new_context, live_server, sign_in, qa, make, fresh):
+    _setup(make, fresh, qa)
+    technician = new_context().new_page()
+    sign_in(technician, TECH, PASSWORD)
+    approver = new_context().new_page()
+    sign_in(approver, APPROVER, PASSWORD)
+    approver.goto(live_server("/requests/pending"))
+    request_id = _connect(technician, live_server, qa)
+    row = approver.locator(f"#request-{request_id}")
+    # The row arrives by polling: its forms rely on htmx's X-CSRFToken header (CSRF is on).
+    expect(row).to_contain_text(qa.device, timeout=5000)
+    assert row.locator("input[name=csrf_token]").count() == 0
+    row.get_by_role("button", name=re.compile("^Allow Session")).click()
+    expect(approver.locator("#flashes")).to_contain_text(f"Request for {qa.device} allowed.")
+    expect(row).to_have_count(0)
+    expect(technician.get_by_text("The session will begin shortly.")).to_be_visible(
+        timeout=5000)
+    req = fresh().get(SessionRequest, request_id)
+    assert (req.status, req.decided_by) == ("approved", APPROVER)

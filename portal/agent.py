@@ -1,0 +1,347 @@
+"""`portal-agent`: the reference device agent, a plain client of the HTTP contract
+(design.md, "Device agent"). Standard library only, so it runs on any managed computer.
+
+It reports the device's state (PUT /api/v1/agent/state), polls its end-user prompts
+(GET /api/v1/agent/prompts) and asks the person at the console to accept or decline each
+one before its countdown runs out (POST /api/v1/agent/prompts/<id>).
+
+Exit codes: 0 done, 1 unexpected answer from the portal, 2 bad arguments, 3 the device
+token was refused (401), 4 the portal cannot be reached, 130 stopped with Ctrl+C.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+HTTP_TIMEOUT_SECONDS = 10
+HEARTBEAT_SECONDS = 30  # how often a looping agent re-reports its state
+MAX_BACKOFF_SECONDS = 30  # longest pause between retries while the portal is away
+ANSWERS = {"y": "accept", "yes": "accept", "n": "decline", "no": "decline"}
+
+
+class AgentError(Exception):
+    exit_code = EXIT_ERROR
+
+
+class UnauthorizedError(AgentError):  # 401: fatal, whatever the mode
+    exit_code = EXIT_UNAUTHORIZED
+
+
+class UnreachableError(AgentError):  # connection refused, DNS, timeout
+    exit_code = EXIT_UNREACHABLE
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def shown(value) -> str:
+    """Text from the portal, safe for a terminal (no escape sequences)."""
+    return "".join(c if c.isprintable() or c == "\n" else " " for c in str(value or ""))
+
+
+# --- HTTP ------------------------------------------------------------------------------
+
+
+class Portal:
+    """The agent half of the JSON API. `call` returns (status, body) for 2xx, 404, 409
+    and 410; anything else raises an AgentError with the portal's own message."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def call(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
+                return response.status, _json(response.read())
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, _json(exc.read())
+            exc.close()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            reason = getattr(reason, "strerror", None) or reason
+            raise UnreachableError(f"cannot reach the portal at {self.url}: {reason}") from None
+        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+        if status == 401:
+            raise UnauthorizedError(f"the portal refused the device token (401): "
+                                    f"{message or 'unknown or revoked token'}")
+        if status in (404, 409, 410):
+            return status, body
+        raise AgentError(f"{method} {path} failed with HTTP {status}: "
+                         f"{message or 'unexpected answer'}")
+
+    def report_state(self, locked: bool, user: str | None) -> None:
+        self.call("PUT", "/agent/state", {"locked": locked, "logged_in_user": user})
+
+    def prompts(self) -> list[dict]:
+        _status, body = self.call("GET", "/agent/prompts")
+        prompts = body.get("prompts") if isinstance(body, dict) else None
+        if not isinstance(prompts, list):
+            raise AgentError("the portal's prompt list was not understood")
+        return prompts
+
+    def decide(self, prompt_id: int, decision: str) -> tuple[int, dict]:
+        return self.call("POST", f"/agent/prompts/{prompt_id}", {"decision": decision})
+
+
+def _json(raw: bytes):
+    try:
+        return json.loads(raw or b"{}")
+    except ValueError:  # not JSON (a proxy's error page, a wrong --url)
+        return {}
+
+
+# --- the console -----------------------------------------------------------------------
+
+
+class Console:
+    """Answers typed on stdin (read by a background thread, so the countdown keeps
+    ticking) and a countdown line that refreshes in place on a terminal."""
+
+    def __init__(self) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.closed = False
+        self.is_tty = sys.stdout.isatty()
+        self.mid_line = False  # a countdown line waits for its end
+        self.last_shown: int | None = None
+        threading.Thread(target=self._read, name="stdin", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in sys.stdin:
+            self.lines.put(line)
+        self.lines.put(None)  # end of input
+
+    def countdown(self, seconds: int) -> None:
+        if self.is_tty:
+            sys.stdout.write(f"\r  {seconds:3d} s left - accept this session? [y/n] ")
+            sys.stdout.flush()
+            self.mid_line = True
+        elif seconds != self.last_shown and (seconds <= 10 or seconds % 10 == 0):
+            say(f"  {seconds} s left - accept this session? [y/n]")
+        self.last_shown = seconds
+
+    def end_line(self) -> None:
+        if self.mid_line:
+            say()
+            self.mid_line = False
+
+    def answer(self, wait: float) -> str | None:
+        """'accept', 'decline', or None (no usable answer within `wait` seconds)."""
+        if self.closed:
+            time.sleep(wait)
+            return None
+        try:
+            line = self.lines.get(timeout=max(wait, 0))
+        except queue.Empty:
+            return None
+        if line is None:
+            self.closed = True
+            self.end_line()
+            say("  (input closed: nobody can answer; waiting for the countdown)")
+            return None
+        self.mid_line = False  # the typed Enter ended the countdown line
+        decision = ANSWERS.get(line.strip().lower())
+        if decision is None:
+            self.end_line()
+            say("  Please answer y (accept) or n (decline).")
+        return decision
+
+
+def handle_prompt(portal: Portal, console: Console | None, prompt: dict, *, fetched: float,
+                  auto: str | None, interval: float) -> None:
+    """Show one prompt, get its answer before its countdown (counted from `fetched`, the
+    monotonic time of the listing) runs out, and send it."""
+    say(f"\nSession confirmation request #{prompt['id']}")
+    say(f"  {shown(prompt.get('message')) or 'A technician asks to connect.'}")
+    say(f"  Technician: {shown(prompt.get('technician'))}")
+    say(f"  Run as:     {shown(prompt.get('run_as')) or '(the logged-in user)'}")
+    if auto:
+        say(f"  Answering automatically: {auto}")
+    deadline = fetched + float(prompt.get("seconds_left") or 0)
+    decision = auto or ask(portal, console, prompt, deadline, interval)
+    if decision is None:
+        return
+    status, body = portal.decide(prompt["id"], decision)
+    if status == 200:
+        verb = "accepted" if decision == "accept" else "declined"
+        say(f"  You {verb} the request. Outcome: {shown(body.get('outcome_message'))}")
+    elif status == 409:
+        say("  Too late: the request was already decided.")
+    elif status == 410:
+        say("  Too late: the prompt expired.")
+    else:
+        say("  The prompt no longer exists on this device.")
+
+
+def ask(portal: Portal, console: Console, prompt: dict, deadline: float,
+        interval: float) -> str | None:
+    """The typed decision, or None when the countdown ends or the prompt goes away."""
+    next_check = time.monotonic() + interval
+    while (left := deadline - time.monotonic()) > 0:
+        console.countdown(math.ceil(left))
+        decision = console.answer(min(left, left % 1 or 1.0))  # wake on each second
+        if decision:
+            return decision
+        if time.monotonic() >= next_check:  # is it still open, and for how long?
+            checked = time.monotonic()
+            next_check = checked + interval
+            current = _current(portal, prompt)
+            if current is None:
+                console.end_line()
+                if deadline - time.monotonic() > interval + 1:
+                    say("  The prompt was closed (decided elsewhere or cancelled).")
+                    return None
+                break
+            # The portal's clock is the truth: follow it when it says less time is left.
+            deadline = min(deadline, checked + float(current.get("seconds_left") or 0))
+    console.end_line()
+    say("  No answer: the prompt timed out.")
+    return None
+
+
+def _current(portal: Portal, prompt: dict) -> dict | None:
+    """The prompt as the portal lists it now, or None once it is gone (decided elsewhere,
+    cancelled or expired). A failed look-up is no reason to close it."""
+    try:
+        listed = portal.prompts()
+    except UnauthorizedError:
+        raise
+    except AgentError:
+        return prompt
+    return next((p for p in listed if p.get("id") == prompt["id"]), None)
+
+
+def run(args: argparse.Namespace) -> int:
+    portal = Portal(args.url, args.token)
+    user = None if args.no_user else args.user
+    portal.report_state(args.locked, user)
+    say(f"Reported to {portal.url}: {'locked' if args.locked else 'unlocked'}, "
+        f"logged-in user: {user or '(nobody)'}")
+    console = None if args.auto else Console()
+    handled: set[int] = set()
+    last_report, failures = time.monotonic(), 0
+    if not args.once:
+        say("Waiting for session confirmation requests (Ctrl+C to stop)...")
+    while True:
+        try:
+            if time.monotonic() - last_report >= HEARTBEAT_SECONDS:
+                portal.report_state(args.locked, user)
+                last_report = time.monotonic()
+            fetched = time.monotonic()
+            listed = portal.prompts()
+            handled &= {p.get("id") for p in listed}  # forget prompts that are gone
+            fresh = [p for p in listed if p.get("id") not in handled]
+            if args.once and not fresh:
+                say("No open prompts.")
+            for prompt in fresh:
+                handle_prompt(portal, console, prompt, fetched=fetched, auto=args.auto,
+                              interval=args.interval)
+                handled.add(prompt["id"])  # after a failure it is asked again if still open
+        except UnauthorizedError:
+            raise
+        except AgentError as exc:
+            if args.once:
+                raise
+            failures += 1
+            if failures == 1:
+                print(f"portal-agent: {exc}; retrying", file=sys.stderr, flush=True)
+            time.sleep(min(args.interval * 2 ** failures, MAX_BACKOFF_SECONDS))
+            continue
+        if failures:
+            say("Connected to the portal again.")
+            failures = 0
+        if args.once:
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="portal-agent",
+        description="Session Gate device agent: report this device's state and answer "
+                    "session confirmation prompts.",
+        epilog="Exit codes: 0 done, 1 portal error, 2 bad arguments, 3 token refused, "
+               "4 portal unreachable, 130 interrupted.")
+    parser.add_argument("--url", default=os.environ.get("PORTAL_AGENT_URL",
+                                                        "http://127.0.0.1:5000"),
+                        help="portal base URL (default: %(default)s, or PORTAL_AGENT_URL)")
+    parser.add_argument("--token", default=os.environ.get("PORTAL_AGENT_TOKEN"),
+                        help="device token (default: PORTAL_AGENT_TOKEN)")
+    parser.add_argument("--locked", action="store_true", help="report the device as locked")
+    who = parser.add_mutually_exclusive_group()
+    who.add_argument("--user", default=_os_user(),
+                     help="logged-in user to report (default: %(default)s)")
+    who.add_argument("--no-user", action="store_true", help="report that nobody is logged in")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between polls (default: %(default)s)")
+    parser.add_argument("--once", action="store_true",
+                        help="handle the prompts open now, then exit")
+    parser.add_argument("--auto", choices=("accept", "decline"),
+                        help="answer every prompt this way without asking")
+    args = parser.parse_args(_glue_token(sys.argv[1:] if argv is None else list(argv)))
+    if not args.token or not args.token.strip():
+        parser.error("a device token is required (--token or PORTAL_AGENT_TOKEN)")
+    args.token = args.token.strip()
+    scheme = urllib.parse.urlsplit(args.url)
+    if scheme.scheme not in ("http", "https") or not scheme.netloc:
+        parser.error(f"--url must be an http:// or https:// address, not {args.url!r}")
+    if not 0.1 <= args.interval <= 3600:
+        parser.error("--interval must be between 0.1 and 3600 seconds")
+    return args
+
+
+def _glue_token(argv: list[str]) -> list[str]:
+    """Tokens are URL-safe base64 and may begin with "-", which argparse would take for an
+    option: `--token -abc` becomes `--token=-abc`."""
+    if "--token" in argv[:-1]:
+        at = argv.index("--token")
+        argv[at:at + 2] = [f"--token={argv[at + 1]}"]
+    return argv
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no login name (e.g. a service account)
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a message never crashes a legacy console
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or bad arguments (2, message printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return run(args)
+    except AgentError as exc:
+        print(f"portal-agent: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\nportal-agent: stopped.", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
