@@ -32,11 +32,14 @@ class IdConverter(IntegerConverter):
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
+    config = dict(config or {})
     app = Flask(
-        __name__,
+        "portal",
         template_folder="../templates",
         static_folder="../static",
         instance_relative_config=True,
+        # Where the SQLite file and the demo's secret key live; <project>/instance by default.
+        instance_path=config.get("INSTANCE_PATH") or os.environ.get("PORTAL_INSTANCE_PATH"),
     )
     app.config.from_object(DefaultConfig)
     app.config.from_prefixed_env("PORTAL")
