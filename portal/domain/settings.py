@@ -78,6 +78,10 @@ RANGES: dict[str, IntRange] = {
 }
 
 _SEPARATORS = re.compile(r"[,;\s]+")
+# Control characters other than tab and line breaks: invisible to the reader, and NUL can't
+# even be stored in PostgreSQL text. Also the bidirectional overrides and isolates, which
+# could make the prompt the end user reads say something other than what was typed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
 def parse_recipients(text: str) -> tuple[list[str], list[str]]:
@@ -126,6 +130,10 @@ def validate_settings(values: dict[str, Any]) -> dict[str, list[str]]:
         errors.setdefault("confirmation_message", []).append(
             f"Keep the message to {MAX_MESSAGE_LENGTH} characters or fewer "
             f"(it has {len(message_text)})."
+        )
+    if _CONTROL.search(message_text):
+        errors.setdefault("confirmation_message", []).append(
+            "Remove the control characters from the message."
         )
     if values.get("is_confirmation_shown") and not message_text.strip():
         errors.setdefault("confirmation_message", []).append(

@@ -194,8 +194,10 @@ def _clear_failures(email: str) -> None:
 def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> SignInResult:
     """Check the credentials; raise ThrottledError or InvalidInputError with one message
     that never tells whether the account exists."""
-    keys = _throttle_keys(email, client_ip)
-    typed = email.strip().lower()[:254]
+    # What was typed, as it may be stored and looked up: a control character (NUL can't
+    # go into PostgreSQL text) is in no account's email, so it just fails like a typo.
+    typed = "".join(ch if ch.isprintable() else "\ufffd" for ch in email.strip().lower())[:254]
+    keys = _throttle_keys(typed, client_ip)
     locked = _locked_for(keys, now)
     if locked:
         record_event(actor=Actor(label=typed, client_ip=client_ip), action="auth.sign_in",

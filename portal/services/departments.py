@@ -121,10 +121,12 @@ def add_exclusion(*, department: Department, target: str, actor: Actor,
                   now: datetime) -> Exclusion:
     """target is "device:<id>" or "group:<id>" of this department."""
     kind, _, raw_id = (target or "").partition(":")
-    if kind not in ("device", "group") or not raw_id.isdigit():
+    # isdigit() alone lets "²" through to int(); ids past 2**31 fit no id column.
+    thing_id = int(raw_id) if raw_id.isascii() and raw_id.isdigit() else 0
+    if kind not in ("device", "group") or not 0 < thing_id < 2**31:
         raise InvalidInputError({"target": ["Choose a device or a group."]})
     model = Device if kind == "device" else DeviceGroup
-    thing = db.session.get(model, int(raw_id))
+    thing = db.session.get(model, thing_id)
     if thing is None or thing.department_id != department.id:
         raise InvalidInputError({"target": ["Choose a device or a group of this department."]})
     column = Exclusion.device_id if kind == "device" else Exclusion.group_id

@@ -43,7 +43,7 @@ def _clean_os(raw: str | None) -> str:
 def _group_of(department: Department, group_id: int | None) -> DeviceGroup | None:
     if group_id is None:
         return None
-    group = db.session.get(DeviceGroup, group_id)
+    group = db.session.get(DeviceGroup, group_id) if 0 < group_id < 2**31 else None
     if group is None or group.department_id != department.id:
         raise InvalidInputError({"group_id": ["Choose a group of this department."]})
     return group

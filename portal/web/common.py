@@ -31,6 +31,15 @@ def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
+def page_after() -> str | None:
+    """The `after=` key of a keyset-paged list. Names and emails are printable, so a key
+    with control characters (NUL can't even reach PostgreSQL) starts from the top."""
+    after = request.args.get("after") or None
+    if after is not None and not after.isprintable():
+        return None
+    return after
+
+
 def safe_next(target: str | None, default: str) -> str:
     """Only local paths: no scheme, no host, no protocol-relative or backslash tricks."""
     if not target:

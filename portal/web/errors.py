@@ -50,6 +50,7 @@ def error_response(status: int, message: str, code: str | None = None):
 
 
 def init_errors(app: Flask) -> None:
+    # (Ids too large for any id column never match a route: see portal.app.IdConverter.)
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
         db.session.rollback()

@@ -1,6 +1,8 @@
 """Sign-in loading, security headers and the htmx/CSRF conventions."""
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Flask, jsonify, redirect, request, url_for
 from flask_login import current_user
 
@@ -52,10 +54,15 @@ def init_security(app: Flask) -> None:
 
 
 def _relative_url() -> str:
-    """The current page as a local path (a POST returns to the page it came from)."""
-    if request.method == "GET":
+    """Where to come back after signing in: the current page for a plain GET; for a form
+    POST or an htmx request, the page the user was on (HX-Current-URL, else Referer) when
+    it is on this site — a POST-only or fragment URL can't be shown after sign-in."""
+    if request.method == "GET" and request.headers.get("HX-Request") != "true":
         return request.full_path.rstrip("?")
-    return request.path
+    came_from = urlsplit(request.headers.get("HX-Current-URL") or request.referrer or "")
+    if came_from.netloc == request.host and came_from.path.startswith("/"):
+        return came_from.path + (f"?{came_from.query}" if came_from.query else "")
+    return url_for("main.index")
 
 
 def navigation() -> dict:

@@ -261,3 +261,13 @@ def test_diff_ignores_fields_missing_from_new_and_unknown_fields():
 
 def test_diff_reports_a_field_newly_set():
     assert diff_settings({}, {"is_otp_allowed": True}) == [("is_otp_allowed", None, True)]
+
+
+@pytest.mark.parametrize("message", ["Allow?\u202eton od", "a\u2066b", "bell\x07", "nul\x00"])
+def test_message_with_invisible_control_or_direction_characters_is_refused(message):
+    errors = validate_settings({**DEFAULTS, "confirmation_message": message})
+    assert errors["confirmation_message"] == ["Remove the control characters from the message."]
+
+
+def test_message_keeps_line_breaks_and_tabs():
+    assert validate_settings({**DEFAULTS, "confirmation_message": "Line one\n\tLine two"}) == {}

@@ -8,10 +8,25 @@ L = rules.LABELS
 WHOLE = "Enter a whole number."
 
 
+class WholeNumberField(IntegerField):
+    """An IntegerField that answers "sixty" or "60.5" in the form's own words."""
+
+    def __init__(self, label, *, message: str, **kwargs):
+        super().__init__(label, **kwargs)
+        self.message = message
+
+    def process_formdata(self, valuelist):
+        try:
+            super().process_formdata(valuelist)
+        except ValueError:
+            raise ValueError(self.message) from None
+
+
 def _int(field: str) -> IntegerField:
     rng = rules.RANGES[field]
-    return IntegerField(
+    return WholeNumberField(
         L[field],
+        message=f"{WHOLE[:-1]} from {rng.low} to {rng.high}.",
         validators=[InputRequired(WHOLE)],
         render_kw={"min": rng.low, "max": rng.high, "inputmode": "numeric"},
     )

@@ -8,7 +8,7 @@ from wtforms.fields.choices import SelectChoice
 from portal.extensions import db
 from portal.services import authz, devices as service
 from portal.services.errors import InvalidInputError
-from portal.web.common import current_actor, department_or_403, done, utcnow
+from portal.web.common import current_actor, department_or_403, done, page_after, utcnow
 from portal.web.departments.views import _apply_errors
 from portal.web.devices.forms import DeleteForm, DeviceForm, GroupForm
 
@@ -31,7 +31,7 @@ def _device_form(department, **kwargs) -> DeviceForm:
 
 
 def _list_page(department, form, status=200):
-    after = request.args.get("after") or None
+    after = page_after()
     page = service.list_devices(department, after=after,
                                 limit=current_app.config["PAGE_SIZE"])
     return render_template(

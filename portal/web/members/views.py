@@ -1,13 +1,13 @@
 """Members of a department and their roles."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request, url_for
+from flask import Blueprint, current_app, render_template, url_for
 from flask_login import current_user, login_required
 
 from portal.extensions import db
 from portal.services import accounts, authz, members as service
 from portal.services.errors import InvalidInputError
-from portal.web.common import current_actor, department_or_403, done, utcnow
+from portal.web.common import current_actor, department_or_403, done, page_after, utcnow
 from portal.web.departments.views import _apply_errors
 from portal.web.members.forms import ROLE_NAMES, MemberForm
 
@@ -21,7 +21,7 @@ def _signed_in() -> None:
 
 
 def _page(department, form, status=200):
-    after = request.args.get("after") or None
+    after = page_after()
     page = service.list_members(department, after=after, limit=current_app.config["PAGE_SIZE"])
     return render_template(
         "members/index.html", department=department, form=form, page=page, after=after,

@@ -1,0 +1,1 @@
+"""Web-layer tests: pages, forms, htmx fragments, headers."""
