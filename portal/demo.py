@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from datetime import datetime, timezone
 
 import click
@@ -126,6 +127,9 @@ def demo_command(host: str, port: int, no_serve: bool) -> None:
     from portal import create_app
 
     app = create_app({"DEMO": True})
+    if not os.environ.get("PORTAL_BASE_URL"):
+        # The emailed "Check Request" links must point at this very server.
+        app.config["BASE_URL"] = f"http://{host}:{port}"
     with app.app_context():
         upgrade()
         tokens = seed(app)
