@@ -165,6 +165,14 @@ def get_own_request(user: User, request_id: int) -> SessionRequest:
     return req
 
 
+def recent_requests(user: User, limit: int = 10) -> list[SessionRequest]:
+    """The technician's own latest requests (one indexed query, device loaded)."""
+    return list(db.session.scalars(
+        select(SessionRequest).where(SessionRequest.technician_id == user.id)
+        .options(joinedload(SessionRequest.device))
+        .order_by(SessionRequest.created_at.desc(), SessionRequest.id.desc()).limit(limit)))
+
+
 def read_status(request_id: int) -> tuple[str, datetime] | None:
     """(status, expires_at): the one cheap query a poll makes."""
     row = db.session.execute(

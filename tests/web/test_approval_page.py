@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import PASSWORD, TEST_CONFIG
+from conftest import NOW, PASSWORD, TEST_CONFIG
 from sqlalchemy import func, select, update
 
 from portal import create_app
@@ -398,3 +398,21 @@ def test_deciding_from_the_pending_page_removes_the_row(app, qa, decision, statu
     assert "already been decided" in text(late)
     assert (stored(request_id).status, stored(request_id).decided_by) == (
         status, "outsider@example.com")
+
+
+def test_connect_page_lists_only_my_recent_requests(client, auth, qa):
+    from portal.models import User
+
+    mine = service.create_session_request(
+        technician=db.session.scalar(select(User).where(User.email == "tech@example.com")),
+        device_name=DEVICE, actor=CLI, now=NOW, base_url="http://portal.test")
+    theirs = service.create_session_request(
+        technician=db.session.scalar(select(User).where(User.email == "other-tech@example.com")),
+        device_name=DEVICE, actor=CLI, now=NOW, base_url="http://portal.test")
+    db.session.commit()
+    auth.login("tech@example.com")
+    page = client.get("/connect").get_data(as_text=True)
+    assert "Your recent requests" in page
+    assert f'href="/requests/{mine.id}"' in page
+    assert f'href="/requests/{theirs.id}"' not in page
+    assert "timed out" in page  # NOW is long past: the request reads as timed out

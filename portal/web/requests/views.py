@@ -32,12 +32,18 @@ def _connect_form(formdata=None) -> ConnectForm:
     return form
 
 
+def _recent():
+    now = utcnow()
+    return [(req, rules.effective_status(req.status, req.expires_at, now).value)
+            for req in service.recent_requests(current_user)]
+
+
 @bp.route("/connect", methods=["GET", "POST"])
 def connect():
     if request.method == "GET":
         form = _connect_form(formdata=None)
         form.device.data = request.args.get("device", "")
-        return render_template("requests/connect.html", form=form)
+        return render_template("requests/connect.html", form=form, recent=_recent())
     form = _connect_form(formdata=request.form)
     if form.validate_on_submit():
         try:
@@ -52,7 +58,7 @@ def connect():
             db.session.commit()
             return done("Request sent.", url_for("requests.show", request_id=req.id),
                         category="info")
-    return render_template("requests/connect.html", form=form), 422
+    return render_template("requests/connect.html", form=form, recent=_recent()), 422
 
 
 def _status_context(req, now):
