@@ -108,8 +108,7 @@ def init_commands(app: Flask) -> None:
         try:
             group_id = None
             if group_name:
-                group = next((g for g, _ in devices.list_groups(department)
-                              if g.name == " ".join(group_name.split())), None)
+                group = devices.find_group(department, group_name)
                 if group is None:
                     group = devices.create_group(department=department, name=group_name,
                                                  actor=CLI, now=now)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
+from sqlalchemy import text
 
 from portal.extensions import db
 from portal.services import mail as outbox
@@ -30,37 +31,35 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def expire_requests(app: Flask) -> list[int]:
+def _run(app: Flask, name: str, work):
+    """A job boundary: its own app context and session, one commit, errors logged (a
+    failed run is simply retried at the next tick)."""
     with app.app_context():
         try:
-            ids = request_service.expire_overdue(utcnow())
+            result = work(utcnow())
             db.session.commit()
+            return result
         except Exception:
             db.session.rollback()
-            log.exception("expiry sweep failed")
-            return []
-        finally:
-            db.session.remove()
-        if ids:
-            log.info("timed out %d request(s): %s", len(ids), ids)
-        return ids
-
-
-def deliver_mail(app: Flask) -> outbox.DeliveryReport | None:
-    with app.app_context():
-        try:
-            report = outbox.deliver_outbox(utcnow())
-            db.session.commit()
-        except Exception:
-            db.session.rollback()
-            log.exception("outbox delivery failed")
+            log.exception("%s failed", name)
             return None
         finally:
             db.session.remove()
-        if report.sent or report.failed or report.retried:
-            log.info("outbox: sent %s, retrying %s, failed %s", report.sent, report.retried,
-                     report.failed)
-        return report
+
+
+def expire_requests(app: Flask) -> list[int]:
+    ids = _run(app, "expiry sweep", request_service.expire_overdue) or []
+    if ids:
+        log.info("timed out %d request(s): %s", len(ids), ids)
+    return ids
+
+
+def deliver_mail(app: Flask) -> outbox.DeliveryReport | None:
+    report = _run(app, "outbox delivery", outbox.deliver_outbox)
+    if report and (report.sent or report.failed or report.retried):
+        log.info("outbox: sent %s, retrying %s, failed %s", report.sent, report.retried,
+                 report.failed)
+    return report
 
 
 def build_scheduler(app: Flask, *, blocking: bool = False):
@@ -91,8 +90,6 @@ class SchedulerLock:
             engine = db.engine
             if engine.dialect.name != "postgresql":
                 return True
-            from sqlalchemy import text
-
             self.connection = engine.connect()
             got = self.connection.execute(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}

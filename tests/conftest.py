@@ -17,6 +17,45 @@ from portal.services.actors import CLI
 PASSWORD = "correct horse battery"
 NOW = datetime(2026, 11, 22, 10, 15, 30, 123000, tzinfo=timezone.utc)
 
+# design.md's settings, copied from the spec (not from the code), so tests check the code
+# against what the spec says.
+DESIGN_LABELS = {
+    "is_confirmation_shown": "Show confirmation at the remote end",
+    "confirmation_message": "Confirmation Message",
+    "confirmation_timeout_seconds": "Timeout (in seconds)",
+    "is_shown_when_locked":
+        "Show confirmation in locked and logged off devices (Windows only)",
+    "is_email_authorization_required":
+        "Require email authorization for incoming connections",
+    "email_authorization_timeout_seconds": "Email authorization timeout (in seconds)",
+    "email_recipients": "Recipient(s)",
+    "is_sign_in_required_to_decide": "Approvers must sign in to decide",
+    "is_otp_allowed": "Allow the use of one-time passwords",
+    "is_otp_auto_sent_to_directory_users":
+        "Automatically send one-time passwords to Active Directory users",
+    "is_otp_auto_sent_to_internal_users":
+        "Automatically send one-time passwords to internal users",
+    "otp_expiration_minutes": "Access Request Expiration Time (minutes)",
+    "otp_min_interval_minutes":
+        "Minimum interval between new one-time passwords (minutes)",
+}
+
+DESIGN_DEFAULTS = {
+    "is_confirmation_shown": False,
+    "confirmation_timeout_seconds": 60,
+    "is_shown_when_locked": False,
+    "is_email_authorization_required": False,
+    "email_authorization_timeout_seconds": 180,
+    "email_recipients": "",
+    "is_sign_in_required_to_decide": True,
+    "is_otp_allowed": False,
+    "is_otp_auto_sent_to_directory_users": False,
+    "is_otp_auto_sent_to_internal_users": False,
+    "otp_expiration_minutes": 30,
+    "otp_min_interval_minutes": 60,
+}
+
+
 TEST_CONFIG = {
     "TESTING": True,
     "SECRET_KEY": "test-secret-key",

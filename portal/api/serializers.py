@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from portal.domain import requests as rules
 from portal.models import SessionRequest
+from portal.services import requests
 
 
 def iso(value: datetime | None) -> str | None:
@@ -15,29 +16,22 @@ def iso(value: datetime | None) -> str | None:
 
 
 def request_object(req: SessionRequest, now: datetime) -> dict:
-    status = rules.effective_status(req.status, req.expires_at, now)
-    end_user, email = rules.check_states(
-        status=status, end_user=req.end_user_check, email=req.email_check,
-        end_user_deadline=req.end_user_deadline, email_deadline=req.email_deadline, now=now)
-    # A request past its deadline that no job has moved yet left pending at its deadline.
-    decided_at = req.decided_at or (req.expires_at if status is not rules.Status.PENDING
-                                    else None)
+    reading = requests.reading(req, now)
     return {
         "id": req.id,
-        "status": status.value,
+        "status": reading.status.value,
         "device": req.device.name,
         "technician": req.technician.email,
         "run_as": req.run_as,
         "reason": req.reason,
         "created_at": iso(req.created_at),
         "expires_at": iso(req.expires_at),
-        "decided_at": iso(decided_at),
-        "seconds_left": (rules.seconds_left(req.expires_at, now)
-                         if status is rules.Status.PENDING else 0),
-        "checks": {"end_user": end_user.value, "email": email.value},
+        "decided_at": iso(reading.decided_at),
+        "seconds_left": reading.seconds_left,
+        "checks": {"end_user": reading.end_user.value, "email": reading.email.value},
         "decided_by": req.decided_by,
         "decision_reason": req.decision_reason,
-        "outcome_message": rules.outcome_message(status, req.decided_by),
+        "outcome_message": reading.outcome,
     }
 
 

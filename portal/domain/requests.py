@@ -180,6 +180,58 @@ def seconds_left(deadline: datetime | None, now: datetime) -> int:
     return max(0, math.ceil((deadline - now).total_seconds()))
 
 
+DECIDER_LABELS = {
+    DECIDED_BY_END_USER: "the end user at the device",
+    DECIDED_BY_POLICY: "policy",
+    DECIDED_BY_EXCLUSION: "an exclusion",
+}
+
+
+def decider_label(decided_by: str | None) -> str | None:
+    """Who decided, as a person reads it ("the end user at the device", an email, …)."""
+    return DECIDER_LABELS.get(decided_by, decided_by) if decided_by else None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A request as everyone should read it at one moment: the API, the technician's page,
+    the approval page and the pending list all show this."""
+
+    status: Status
+    end_user: EndUserCheck
+    email: EmailCheck
+    seconds_left: int  # 0 once the request is over
+    end_user_seconds_left: int
+    email_seconds_left: int
+    decided_at: datetime | None
+    outcome: str | None
+    decider: str | None
+
+
+def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUserCheck | str,
+                 email: EmailCheck | str, end_user_deadline: datetime | None,
+                 email_deadline: datetime | None, decided_at: datetime | None,
+                 decided_by: str | None, now: datetime) -> Reading:
+    current = effective_status(status, expires_at, now)
+    end_user_state, email_state = check_states(
+        status=current, end_user=end_user, email=email, end_user_deadline=end_user_deadline,
+        email_deadline=email_deadline, now=now)
+    pending = current is Status.PENDING
+    return Reading(
+        status=current,
+        end_user=end_user_state,
+        email=email_state,
+        seconds_left=seconds_left(expires_at, now) if pending else 0,
+        end_user_seconds_left=seconds_left(end_user_deadline, now),
+        email_seconds_left=seconds_left(email_deadline, now),
+        # A request past its deadline that no job has moved yet left pending at its
+        # deadline.
+        decided_at=decided_at or (None if pending else expires_at),
+        outcome=outcome_message(current, decided_by),
+        decider=decider_label(decided_by),
+    )
+
+
 def outcome_message(status: Status | str, decided_by: str | None) -> str | None:
     status = Status(status)
     if status is Status.APPROVED:

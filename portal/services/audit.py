@@ -10,6 +10,7 @@ from portal.domain.audit import GENESIS_HASH, ChainBreak, EventFields, chain_has
 from portal.extensions import db
 from portal.models import AuditChainHead, AuditEvent
 from portal.services.actors import Actor
+from portal.services.pages import Page, fetch_page
 
 
 def _one_line(value: str, limit: int = 300) -> str:
@@ -127,17 +128,14 @@ def verify_audit_chain(batch_size: int = 1000) -> tuple[int, ChainBreak | None]:
 
 
 def list_events(*, department_id: int, before: int | None, limit: int,
-                request_id: int | None = None) -> tuple[list[AuditEvent], int | None]:
+                request_id: int | None = None) -> Page:
     """A department's events, newest first, keyed on seq; or one request's whole story.
-    Returns (events, seq to continue before, or None on the last page)."""
+    The page's next_after is the seq to continue before."""
     query = (select(AuditEvent).where(AuditEvent.department_id == department_id)
-             .order_by(AuditEvent.seq.desc()).limit(limit + 1))
+             .order_by(AuditEvent.seq.desc()))
     if request_id is not None:
         query = query.where(AuditEvent.target_type == "session_request",
                             AuditEvent.target_id == str(request_id))
     if before:
         query = query.where(AuditEvent.seq < before)
-    rows = list(db.session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].seq if more and rows else None)
+    return fetch_page(query, limit, key=lambda event: event.seq)

@@ -54,7 +54,6 @@ def departments_of(user: User) -> list[tuple[Department, set[str]]]:
     """Departments the user belongs to (all for an admin) with their roles there."""
     if user.is_admin:
         departments = db.session.scalars(select(Department).order_by(Department.name)).all()
-        roles: dict[int, set[str]] = {}
     else:
         departments = db.session.scalars(
             select(Department)
@@ -66,7 +65,7 @@ def departments_of(user: User) -> list[tuple[Department, set[str]]]:
     rows = db.session.execute(
         select(Membership.department_id, Membership.role).where(Membership.user_id == user.id)
     ).all()
-    roles = {}
+    roles: dict[int, set[str]] = {}
     for department_id, role in rows:
         roles.setdefault(department_id, set()).add(role)
     return [(d, roles.get(d.id, set())) for d in departments]

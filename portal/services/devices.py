@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import joinedload
 
 from portal.extensions import db
@@ -15,12 +14,7 @@ from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.services.departments import clean_name
 from portal.services.errors import InvalidInputError, NotFoundError
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list
-    next_after: str | None  # key of the last row when there may be more
+from portal.services.pages import Page, fetch_page
 
 
 def _clean_ip(raw: str | None) -> str:
@@ -122,14 +116,10 @@ def list_devices(department: Department, *, after: str | None, limit: int) -> Pa
         .where(Device.department_id == department.id)
         .options(joinedload(Device.group))
         .order_by(Device.name)
-        .limit(limit + 1)
     )
     if after:
         query = query.where(Device.name > after)
-    rows = list(db.session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, rows[-1].name if more and rows else None)
+    return fetch_page(query, limit, key=lambda device: device.name)
 
 
 # --- groups --------------------------------------------------------------------------
@@ -159,11 +149,22 @@ def list_groups(department: Department) -> list[tuple[DeviceGroup, int]]:
     return [(group, count) for group, count in rows]
 
 
+def find_group(department: Department, name: str) -> DeviceGroup | None:
+    return db.session.scalar(select(DeviceGroup).where(
+        DeviceGroup.department_id == department.id, DeviceGroup.name == clean_name(name)))
+
+
+def group_names(department: Department) -> list[tuple[int, str]]:
+    """(id, name) of the department's groups, for a picker: no counting."""
+    return [tuple(row) for row in db.session.execute(
+        select(DeviceGroup.id, DeviceGroup.name)
+        .where(DeviceGroup.department_id == department.id).order_by(DeviceGroup.name))]
+
+
 def create_group(*, department: Department, name: str, actor: Actor, now: datetime
                  ) -> DeviceGroup:
     name = clean_name(name)
-    if db.session.scalar(select(DeviceGroup.id).where(
-            DeviceGroup.department_id == department.id, DeviceGroup.name == name)):
+    if find_group(department, name) is not None:
         raise InvalidInputError({"name": [f"A group named “{name}” already exists here."]})
     group = DeviceGroup(department_id=department.id, name=name, created_at=now)
     db.session.add(group)
@@ -178,8 +179,7 @@ def rename_group(*, department: Department, group: DeviceGroup, name: str, actor
     name = clean_name(name)
     if name == group.name:
         return
-    if db.session.scalar(select(DeviceGroup.id).where(
-            DeviceGroup.department_id == department.id, DeviceGroup.name == name)):
+    if find_group(department, name) is not None:
         raise InvalidInputError({"name": [f"A group named “{name}” already exists here."]})
     old = group.name
     group.name = name
@@ -192,8 +192,8 @@ def delete_group(*, department: Department, group: DeviceGroup, actor: Actor,
                  now: datetime) -> None:
     """Devices of the group stay, without a group; the group's exclusion goes with it."""
     name, group_id = group.name, group.id
-    for device in db.session.scalars(select(Device).where(Device.group_id == group_id)):
-        device.group = None
+    db.session.execute(update(Device).where(Device.group_id == group_id).values(group_id=None)
+                       .execution_options(synchronize_session="fetch"))
     db.session.delete(group)
     db.session.flush()
     record_event(actor=actor, action="group.deleted", target_type="group", target_id=group_id,

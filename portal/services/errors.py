@@ -5,6 +5,9 @@ from __future__ import annotations
 class ServiceError(Exception):
     status = 400
     code = "bad_request"
+    # True when what the service did before raising is still right and must be committed
+    # (e.g. a late decision refused with 410 after marking its request timed out).
+    keeps_changes = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

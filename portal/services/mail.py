@@ -17,6 +17,7 @@ from portal.extensions import db, mail
 from portal.models import OutboxMessage, SessionRequest
 from portal.services.actors import SYSTEM
 from portal.services.audit import record_event
+from portal.services.pages import Page, fetch_page
 
 MAX_ATTEMPTS = 12
 CLAIM_SECONDS = 120  # a claimed message whose sender died is retried after this
@@ -198,11 +199,9 @@ def _audit(message: OutboxMessage, action: str, now: datetime, *, outcome: str =
                           "message_id": message.id, "attempts": message.attempts, **details})
 
 
-def list_outbox(*, before: int | None, limit: int) -> tuple[list[OutboxMessage], int | None]:
-    query = select(OutboxMessage).order_by(OutboxMessage.id.desc()).limit(limit + 1)
+def list_outbox(*, before: int | None, limit: int) -> Page:
+    """Newest first; the page's next_after is the id to continue before."""
+    query = select(OutboxMessage).order_by(OutboxMessage.id.desc())
     if before:
         query = query.where(OutboxMessage.id < before)
-    rows = list(db.session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, (rows[-1].id if more and rows else None)
+    return fetch_page(query, limit, key=lambda message: message.id)

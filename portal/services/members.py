@@ -5,7 +5,7 @@ from sqlalchemy import select
 
 from portal.extensions import db
 from portal.models import Department, Membership, User
-from portal.services.devices import Page
+from portal.services.pages import Page, fetch_page
 from portal.services.errors import NotFoundError
 
 
@@ -17,13 +17,11 @@ def list_members(department: Department, *, after: str | None, limit: int) -> Pa
         .where(select(Membership.id).where(Membership.user_id == User.id,
                                           Membership.department_id == department.id).exists())
         .order_by(User.email)
-        .limit(limit + 1)
     )
     if after:
         query = query.where(User.email > after)
-    users = list(db.session.scalars(query))
-    more = len(users) > limit
-    users = users[:limit]
+    page = fetch_page(query, limit, key=lambda user: user.email)
+    users = page.items
     memberships: dict[int, list[Membership]] = {u.id: [] for u in users}
     if users:
         for membership in db.session.scalars(
@@ -33,7 +31,7 @@ def list_members(department: Department, *, after: str | None, limit: int) -> Pa
             .order_by(Membership.role)
         ):
             memberships[membership.user_id].append(membership)
-    return Page([(u, memberships[u.id]) for u in users], users[-1].email if more else None)
+    return Page([(u, memberships[u.id]) for u in users], page.next_after)
 
 
 def get_membership(department: Department, membership_id: int) -> Membership:

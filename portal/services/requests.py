@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import joinedload
 
 from portal.domain import requests as rules
@@ -34,7 +34,10 @@ DECIDER_ROLES = ("approver", "department_admin")
 
 
 class DecisionError(ServiceError):
-    """A refused decision: 409 already decided, 410 expired."""
+    """A refused decision: 409 already decided, 410 expired. An overdue request has just
+    been marked timed out: that change is kept."""
+
+    keeps_changes = True
 
     def __init__(self, refusal: rules.DecisionRefusedError) -> None:
         super().__init__(refusal.message)
@@ -173,6 +176,15 @@ def recent_requests(user: User, limit: int = 10) -> list[SessionRequest]:
         .order_by(SessionRequest.created_at.desc(), SessionRequest.id.desc()).limit(limit)))
 
 
+def reading(req: SessionRequest, now: datetime) -> rules.Reading:
+    """How the request reads at `now` (see portal.domain.requests.read_request)."""
+    return rules.read_request(
+        status=req.status, expires_at=req.expires_at, end_user=req.end_user_check,
+        email=req.email_check, end_user_deadline=req.end_user_deadline,
+        email_deadline=req.email_deadline, decided_at=req.decided_at,
+        decided_by=req.decided_by, now=now)
+
+
 def read_status(request_id: int) -> tuple[str, datetime] | None:
     """(status, expires_at): the one cheap query a poll makes."""
     row = db.session.execute(
@@ -200,8 +212,6 @@ def pending_for(user: User, now: datetime, limit: int = 50
                 ) -> tuple[list[SessionRequest], int]:
     """Open requests of the departments where the user decides; earliest deadline first.
     Returns (up to `limit` rows with device and technician loaded, total count)."""
-    from sqlalchemy import func
-
     where = [SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at > now]
     if not user.is_admin:
         where.append(SessionRequest.department_id.in_(
@@ -289,50 +299,51 @@ def find_link(token: str) -> ApprovalLink:
     return link
 
 
-def decide_with_link(*, token: str, decision: str, signed_in: User | None, comment=None,
-                     actor: Actor, now: datetime, user_agent: str = "") -> SessionRequest:
-    """A recipient's Allow / Deny from the email's link."""
-    if decision not in ("allow", "deny"):
-        raise InvalidInputError({"decision": ["Use “allow” or “deny”."]})
-    comment = _clean_text(comment, "comment", MAX_REASON)
-    link = find_link(token)
+def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | None,
+                     comment=None, actor: Actor, now: datetime,
+                     user_agent: str = "") -> SessionRequest:
+    """A recipient's Allow / Deny from the email's link (found with find_link)."""
+    allow, comment = _allow_or_deny(decision, comment)
     req = link.request
     if req.department.settings.is_sign_in_required_to_decide and signed_in is None:
         raise SignInRequiredError()
     if signed_in is not None and signed_in.email.lower() != link.recipient_email.lower():
         raise ForbiddenError("This link was sent to somebody else. Sign in as its recipient.")
-    allow = decision == "allow"
-    won = _win(req, now, {
-        "status": (Status.APPROVED if allow else Status.DENIED).value,
-        "decided_by": link.recipient_email,
-        "decision_reason": comment,
-        "email_check": (EmailCheck.ALLOWED if allow else EmailCheck.DENIED).value,
-    })
-    if not won:
-        _refuse(req, now)
-    _after_decision(req, actor, now, check="email", decision=decision,
-                    recipient=link.recipient_email, user_agent=user_agent[:200])
-    return req
+    return _approver_decides(
+        req, allow, decided_by=link.recipient_email, comment=comment, actor=actor,
+        now=now, check_column="email_check",
+        check_values=(EmailCheck.ALLOWED.value, EmailCheck.DENIED.value),
+        check="email", recipient=link.recipient_email, user_agent=user_agent[:200])
 
 
 def decide_in_portal(*, user: User, request_id: int, decision: str, actor: Actor,
                      now: datetime, comment=None, user_agent: str = "") -> SessionRequest:
-    if decision not in ("allow", "deny"):
-        raise InvalidInputError({"decision": ["Use “allow” or “deny”."]})
-    comment = _clean_text(comment, "comment", MAX_REASON)
+    allow, comment = _allow_or_deny(decision, comment)
     req = get_request(request_id)
     if not may_decide(user, req.department_id):
         raise ForbiddenError("You can't decide requests of this department.")
-    allow = decision == "allow"
-    won = _win(req, now, {
-        "status": (Status.APPROVED if allow else Status.DENIED).value,
-        "decided_by": user.email,
-        "decision_reason": comment,
-    })
-    if not won:
+    return _approver_decides(req, allow, decided_by=user.email, comment=comment,
+                             actor=actor, now=now, check="portal",
+                             user_agent=user_agent[:200])
+
+
+def _allow_or_deny(decision: str, comment) -> tuple[bool, str | None]:
+    if decision not in ("allow", "deny"):
+        raise InvalidInputError({"decision": ["Use “allow” or “deny”."]})
+    return decision == "allow", _clean_text(comment, "comment", MAX_REASON)
+
+
+def _approver_decides(req: SessionRequest, allow: bool, *, decided_by: str, comment,
+                      actor: Actor, now: datetime, check_column: str | None = None,
+                      check_values: tuple[str, str] = ("", ""), **details) -> SessionRequest:
+    """Allow or Deny by a person (a link's recipient or a portal approver): first wins."""
+    values = {"status": (Status.APPROVED if allow else Status.DENIED).value,
+              "decided_by": decided_by, "decision_reason": comment}
+    if check_column:
+        values[check_column] = check_values[0] if allow else check_values[1]
+    if not _win(req, now, values):
         _refuse(req, now)
-    _after_decision(req, actor, now, check="portal", decision=decision,
-                    user_agent=user_agent[:200])
+    _after_decision(req, actor, now, decision="allow" if allow else "deny", **details)
     return req
 
 

@@ -60,8 +60,7 @@ def fragment(template: str, status: int = 200, flash_message: str | None = None,
     if flash_message:
         body += render_template("_macros/_oob_flash.html", message=flash_message,
                                 category=category)
-    response = make_response(body, status)
-    return response
+    return make_response(body, status)
 
 
 def done(message: str, url: str, *, category: str = "success"):
@@ -73,3 +72,11 @@ def done(message: str, url: str, *, category: str = "success"):
         response.headers["HX-Redirect"] = url
         return response
     return redirect(url, code=303)
+
+
+def apply_errors(form, field_errors: dict[str, list[str]]) -> None:
+    """Show a service's field messages next to the form's fields."""
+    for field, messages in field_errors.items():
+        target = getattr(form, field, None)
+        if target is not None:
+            target.errors = list(target.errors) + messages

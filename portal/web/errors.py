@@ -53,7 +53,10 @@ def init_errors(app: Flask) -> None:
     # (Ids too large for any id column never match a route: see portal.app.IdConverter.)
     @app.errorhandler(ServiceError)
     def service_error(exc: ServiceError):
-        db.session.rollback()
+        if exc.keeps_changes:
+            db.session.commit()
+        else:
+            db.session.rollback()
         return error_response(exc.status, exc.message, exc.code)
 
     @app.errorhandler(CSRFError)

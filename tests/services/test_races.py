@@ -115,7 +115,8 @@ def contenders_for(request_id, tokens, now):
         def prepare():
             signed_in = user(recipient)
             return lambda: service.decide_with_link(
-                token=tokens[recipient], decision=decision, signed_in=signed_in,
+                link=service.find_link(tokens[recipient]), decision=decision,
+                signed_in=signed_in,
                 actor=Actor.for_user(signed_in), now=now)
         return prepare
 

@@ -94,7 +94,7 @@ def approver_actor(user):
 
 def allow_link(w, req, token, now, decision="allow", signed_in="recipient"):
     user = w.approver if signed_in == "recipient" else signed_in
-    return service.decide_with_link(token=token, decision=decision, signed_in=user,
+    return service.decide_with_link(link=service.find_link(token), decision=decision, signed_in=user,
                                     actor=approver_actor(w.approver), now=now)
 
 
@@ -270,7 +270,7 @@ def test_the_first_decision_wins_and_later_ones_change_nothing(w):
     attempts = [
         lambda: service.decide_in_portal(user=w.second, request_id=req.id, decision="deny",
                                          actor=approver_actor(w.second), now=later),
-        lambda: service.decide_with_link(token=raw[w.second.email],
+        lambda: service.decide_with_link(link=service.find_link(raw[w.second.email]),
                                          decision="deny", signed_in=w.second,
                                          actor=approver_actor(w.second), now=later),
         lambda: service.decide_by_end_user(device=w.device, request_id=req.id,

@@ -5,6 +5,7 @@ import json
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
+from conftest import DESIGN_DEFAULTS
 from sqlalchemy import select
 
 from portal.extensions import db
@@ -183,20 +184,9 @@ def audit_events(action: str) -> list[dict]:
 
 
 SETTINGS_DEFAULTS = {
-    "is_confirmation_shown": False,
+    **DESIGN_DEFAULTS,
     "confirmation_message": "A technician is requesting to connect to this computer. "
                             "Do you want to allow the remote session?",
-    "confirmation_timeout_seconds": 60,
-    "is_shown_when_locked": False,
-    "is_email_authorization_required": False,
-    "email_authorization_timeout_seconds": 180,
-    "email_recipients": "",
-    "is_sign_in_required_to_decide": True,
-    "is_otp_allowed": False,
-    "is_otp_auto_sent_to_directory_users": False,
-    "is_otp_auto_sent_to_internal_users": False,
-    "otp_expiration_minutes": 30,
-    "otp_min_interval_minutes": 60,
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import DESIGN_LABELS
 
 from portal.extensions import db
 from portal.models import DepartmentSettings
@@ -22,23 +23,7 @@ ADMIN = "qa-admin@example.com"
 
 # design.md, verbatim
 SECTIONS = ["Session Confirmation", "Email Authorization", "One-Time Passwords"]
-LABELS = {
-    "is_confirmation_shown": "Show confirmation at the remote end",
-    "confirmation_message": "Confirmation Message",
-    "confirmation_timeout_seconds": "Timeout (in seconds)",
-    "is_shown_when_locked": "Show confirmation in locked and logged off devices (Windows only)",
-    "is_email_authorization_required": "Require email authorization for incoming connections",
-    "email_authorization_timeout_seconds": "Email authorization timeout (in seconds)",
-    "email_recipients": "Recipient(s)",
-    "is_sign_in_required_to_decide": "Approvers must sign in to decide",
-    "is_otp_allowed": "Allow the use of one-time passwords",
-    "is_otp_auto_sent_to_directory_users":
-        "Automatically send one-time passwords to Active Directory users",
-    "is_otp_auto_sent_to_internal_users":
-        "Automatically send one-time passwords to internal users",
-    "otp_expiration_minutes": "Access Request Expiration Time (minutes)",
-    "otp_min_interval_minutes": "Minimum interval between new one-time passwords (minutes)",
-}
+LABELS = DESIGN_LABELS
 
 
 @pytest.fixture

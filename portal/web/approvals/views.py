@@ -6,10 +6,11 @@ on — the signed-in recipient.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.domain import requests as rules
 from portal.extensions import db
 from portal.services import requests as service
 from portal.services.audit import record_event
@@ -21,12 +22,9 @@ bp = Blueprint("approvals", __name__, url_prefix="/approvals")
 
 def _context(link, now, **extra):
     req = link.request
-    status = rules.effective_status(req.status, req.expires_at, now)
     signed_in = current_user if current_user.is_authenticated else None
     return {
-        "link": link, "req": req, "status": status.value,
-        "seconds_left": rules.seconds_left(req.expires_at, now),
-        "outcome": rules.outcome_message(status, req.decided_by),
+        "link": link, "req": req, **asdict(service.reading(req, now)),
         "sign_in_required": req.department.settings.is_sign_in_required_to_decide,
         "signed_in": signed_in,
         "is_recipient": bool(signed_in and signed_in.email.lower()
@@ -87,7 +85,7 @@ def decide(token: str):
     now = utcnow()
     signed_in = current_user if current_user.is_authenticated else None
     try:
-        service.decide_with_link(token=token, decision=request.form.get("decision", ""),
+        service.decide_with_link(link=link, decision=request.form.get("decision", ""),
                                  signed_in=signed_in, comment=request.form.get("comment"),
                                  actor=current_actor() if signed_in else
                                  Actor(label=link.recipient_email, client_ip=client_ip()),
@@ -104,9 +102,7 @@ def decide(token: str):
         return _page("approvals/show.html", 400, **_context(link, now, error=exc.message))
     except service.DecisionError as exc:
         db.session.commit()  # an overdue request was just marked timed out: keep that
-        link = service.find_link(token)
         return _page("approvals/show.html", exc.status,
                      **_context(link, now, error=exc.message))
-    db.session.commit()
-    link = service.find_link(token)
+    db.session.commit()  # `link` reloads what was committed when the page reads it
     return _page("approvals/show.html", 200, **_context(link, now, just_decided=True))

@@ -14,11 +14,10 @@ def audit_log(department_id: int):
     department = department_or_403(department_id, authz.VIEW)
     before = request.args.get("before", type=int)
     request_id = request.args.get("request", type=int)
-    events, next_before = audit.list_events(
-        department_id=department.id, before=before, request_id=request_id,
-        limit=current_app.config["PAGE_SIZE"] * 2)
+    page = audit.list_events(department_id=department.id, before=before,
+                             request_id=request_id, limit=current_app.config["PAGE_SIZE"] * 2)
     response = make_response(render_template(
-        "departments/audit.html", department=department, events=events,
-        next_before=next_before, before=before, request_id=request_id))
+        "departments/audit.html", department=department, events=page.items,
+        next_before=page.next_after, before=before, request_id=request_id))
     response.headers["Cache-Control"] = "no-store"
     return response

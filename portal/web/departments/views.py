@@ -9,6 +9,7 @@ from portal.extensions import db
 from portal.services import authz, departments as service
 from portal.services.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.web.common import (
+    apply_errors,
     current_actor,
     department_or_403,
     done,
@@ -24,13 +25,6 @@ bp = Blueprint("departments", __name__, url_prefix="/departments")
 def _require_admin() -> None:
     if not current_user.is_admin:
         abort(403)
-
-
-def _apply_errors(form, field_errors: dict[str, list[str]]) -> None:
-    for field, messages in field_errors.items():
-        target = getattr(form, field, None)
-        if target is not None:
-            target.errors = list(target.errors) + messages
 
 
 @bp.get("")
@@ -51,7 +45,7 @@ def create():
                                                    now=utcnow())
         except (InvalidInputError, ConflictError) as exc:
             db.session.rollback()
-            _apply_errors(form, getattr(exc, "field_errors", {"name": [exc.message]}))
+            apply_errors(form, getattr(exc, "field_errors", {"name": [exc.message]}))
         else:
             db.session.commit()
             return done(f"Department “{department.name}” created.",
@@ -75,7 +69,7 @@ def edit(department_id: int):
                                           actor=current_actor(), now=utcnow())
             except InvalidInputError as exc:
                 db.session.rollback()
-                _apply_errors(form, exc.field_errors)
+                apply_errors(form, exc.field_errors)
             else:
                 db.session.commit()
                 return done("Department renamed.",
@@ -93,7 +87,9 @@ def _settings_context(department, form, exclusion_form=None):
         "form": form,
         "can_manage": can_manage,
         "exclusions": service.list_exclusions(department),
-        "exclusion_form": exclusion_form or _exclusion_form(department),
+        # The "Add an exclusion" picker is only shown to those who can use it.
+        "exclusion_form": exclusion_form or (_exclusion_form(department) if can_manage
+                                             else None),
     }
 
 
@@ -128,7 +124,7 @@ def settings(department_id: int):
                                               actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
             db.session.rollback()
-            _apply_errors(form, exc.field_errors)
+            apply_errors(form, exc.field_errors)
         else:
             db.session.commit()
             message = (f"Settings saved ({len(changes)} change{'s' if len(changes) != 1 else ''})."
@@ -153,12 +149,14 @@ def settings(department_id: int):
 
 def _exclusions_fragment(department, *, status=200, message=None, category="success",
                          exclusion_form=None):
+    can_manage = authz.can(current_user, authz.MANAGE, department.id)
     return fragment(
         "departments/_exclusions.html", status=status, flash_message=message,
         category=category, department=department,
         exclusions=service.list_exclusions(department),
-        exclusion_form=exclusion_form or _exclusion_form(department),
-        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+        exclusion_form=exclusion_form or (_exclusion_form(department) if can_manage
+                                          else None),
+        can_manage=can_manage,
     )
 
 
@@ -182,7 +180,7 @@ def add_exclusion(department_id: int):
                                               actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
             db.session.rollback()
-            _apply_errors(form, exc.field_errors)
+            apply_errors(form, exc.field_errors)
         else:
             db.session.commit()
             name = (exclusion.device or exclusion.group).name

@@ -8,8 +8,14 @@ from wtforms.fields.choices import SelectChoice
 from portal.extensions import db
 from portal.services import authz, devices as service
 from portal.services.errors import InvalidInputError
-from portal.web.common import current_actor, department_or_403, done, page_after, utcnow
-from portal.web.departments.views import _apply_errors
+from portal.web.common import (
+    apply_errors,
+    current_actor,
+    department_or_403,
+    done,
+    page_after,
+    utcnow,
+)
 from portal.web.devices.forms import DeleteForm, DeviceForm, GroupForm
 
 bp = Blueprint("devices", __name__, url_prefix="/departments/<int:department_id>")
@@ -24,8 +30,7 @@ def _signed_in() -> None:
 def _device_form(department, **kwargs) -> DeviceForm:
     form = DeviceForm(**kwargs)
     form.group_id.choices = [SelectChoice("", "No group")] + [
-        SelectChoice(str(group.id), group.name)
-        for group, _count in service.list_groups(department)
+        SelectChoice(str(group_id), name) for group_id, name in service.group_names(department)
     ]
     return form
 
@@ -58,7 +63,7 @@ def create(department_id: int):
                 actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
             db.session.rollback()
-            _apply_errors(form, exc.field_errors)
+            apply_errors(form, exc.field_errors)
         else:
             db.session.commit()
             return render_template("devices/created.html", department=department,
@@ -84,7 +89,7 @@ def edit(department_id: int, device_id: int):
             except InvalidInputError as exc:
                 db.session.rollback()
                 device = service.get_device(department, device_id)
-                _apply_errors(form, exc.field_errors)
+                apply_errors(form, exc.field_errors)
             else:
                 db.session.commit()
                 return done(f"Device “{device.name}” saved.",
@@ -137,7 +142,7 @@ def create_group(department_id: int):
                                          actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
             db.session.rollback()
-            _apply_errors(form, exc.field_errors)
+            apply_errors(form, exc.field_errors)
         else:
             db.session.commit()
             return done(f"Group “{group.name}” created.",
@@ -160,7 +165,7 @@ def edit_group(department_id: int, group_id: int):
             except InvalidInputError as exc:
                 db.session.rollback()
                 group = service.get_group(department, group_id)
-                _apply_errors(form, exc.field_errors)
+                apply_errors(form, exc.field_errors)
             else:
                 db.session.commit()
                 return done("Group renamed.", url_for("devices.groups",

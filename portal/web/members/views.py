@@ -7,8 +7,14 @@ from flask_login import current_user, login_required
 from portal.extensions import db
 from portal.services import accounts, authz, members as service
 from portal.services.errors import InvalidInputError
-from portal.web.common import current_actor, department_or_403, done, page_after, utcnow
-from portal.web.departments.views import _apply_errors
+from portal.web.common import (
+    apply_errors,
+    current_actor,
+    department_or_403,
+    done,
+    page_after,
+    utcnow,
+)
 from portal.web.members.forms import ROLE_NAMES, MemberForm
 
 bp = Blueprint("members", __name__, url_prefix="/departments/<int:department_id>/members")
@@ -48,7 +54,7 @@ def add(department_id: int):
                 now=utcnow(), reject_password_for_existing=True)
         except InvalidInputError as exc:
             db.session.rollback()
-            _apply_errors(form, exc.field_errors)
+            apply_errors(form, exc.field_errors)
         else:
             db.session.commit()
             return done(f"{user.email} is now {ROLE_NAMES[form.role.data].lower()} "

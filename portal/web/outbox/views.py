@@ -16,8 +16,8 @@ def index():
     if not current_user.is_admin:
         abort(403)
     before = request.args.get("before", type=int)
-    messages, next_before = mail.list_outbox(before=before,
-                                             limit=current_app.config["PAGE_SIZE"])
-    return render_template("outbox/index.html", messages=messages, next_before=next_before,
+    page = mail.list_outbox(before=before, limit=current_app.config["PAGE_SIZE"])
+    return render_template("outbox/index.html", messages=page.items,
+                           next_before=page.next_after,
                            before=before, mail_configured=mail.is_configured(),
                            links_in=mail.approval_links_in)

@@ -1,16 +1,16 @@
 """Technicians: connect, wait, see the outcome. Approvers: the live pending list."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from flask import Blueprint, abort, current_app, make_response, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
-from portal.domain import requests as rules
 from portal.extensions import db
 from portal.services import requests as service
 from portal.services.errors import InvalidInputError, NotFoundError
-from portal.web.common import current_actor, done, fragment, is_htmx, utcnow
-from portal.web.departments.views import _apply_errors
+from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
 from portal.web.requests.forms import ConnectForm
 
 bp = Blueprint("requests", __name__)
@@ -34,7 +34,7 @@ def _connect_form(formdata=None) -> ConnectForm:
 
 def _recent():
     now = utcnow()
-    return [(req, rules.effective_status(req.status, req.expires_at, now).value)
+    return [(req, service.reading(req, now).status)
             for req in service.recent_requests(current_user)]
 
 
@@ -53,7 +53,7 @@ def connect():
                 now=utcnow(), base_url=current_app.config["BASE_URL"])
         except (InvalidInputError, NotFoundError) as exc:
             db.session.rollback()
-            _apply_errors(form, getattr(exc, "field_errors", None) or {"device": [exc.message]})
+            apply_errors(form, getattr(exc, "field_errors", None) or {"device": [exc.message]})
         else:
             db.session.commit()
             return done("Request sent.", url_for("requests.show", request_id=req.id),
@@ -62,17 +62,7 @@ def connect():
 
 
 def _status_context(req, now):
-    status = rules.effective_status(req.status, req.expires_at, now)
-    end_user, email = rules.check_states(
-        status=status, end_user=req.end_user_check, email=req.email_check,
-        end_user_deadline=req.end_user_deadline, email_deadline=req.email_deadline, now=now)
-    return {
-        "req": req, "status": status.value, "end_user": end_user.value, "email": email.value,
-        "seconds_left": rules.seconds_left(req.expires_at, now),
-        "end_user_seconds_left": rules.seconds_left(req.end_user_deadline, now),
-        "email_seconds_left": rules.seconds_left(req.email_deadline, now),
-        "outcome": rules.outcome_message(status, req.decided_by),
-    }
+    return {"req": req, **asdict(service.reading(req, now))}
 
 
 @bp.get("/requests/<int:request_id>")
@@ -119,7 +109,7 @@ def cancel(request_id: int):
 
 
 def _may_see_pending() -> None:
-    if not (current_user.is_admin or service.decides_anywhere(current_user)):
+    if not service.decides_anywhere(current_user):
         abort(403)
 
 
