@@ -80,6 +80,8 @@ class LoginSession(db.Model):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Last request seen on this session (the idle timeout), touched at most once a minute.
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     client_ip: Mapped[str | None] = mapped_column(String(45), nullable=True)
 
     user: Mapped[User] = relationship()

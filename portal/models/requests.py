@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
@@ -59,6 +59,12 @@ class ApprovalLink(db.Model):
     recipient_email: Mapped[str] = mapped_column(String(254))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The rule the link was mailed under: turning "Approvers must sign in to decide" off
+    # later never loosens it (the stricter of this and today's setting applies).
+    is_sign_in_required: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true())
+    # The first GET of the link ("link opened" on the timeline); later GETs write nothing.
+    first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     request: Mapped[SessionRequest] = relationship()
 
