@@ -12,8 +12,10 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from portal.clock import init_clock
 from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
+from portal.unit_of_work import init_unit_of_work
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +100,11 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
 def register_extensions(app: Flask) -> None:
     from portal import models  # noqa: F401  (tables known to Alembic)
 
+    init_clock(app)
     db.init_app(app)
+    # First registered, so it runs after every other after_request hook: the commit (or
+    # rollback) closes the request's unit of work once everything else has written.
+    init_unit_of_work(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"),
                      render_as_batch=True, compare_type=True)
     mail.init_app(app)

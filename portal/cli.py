@@ -1,23 +1,25 @@
 """Flask commands (design.md, "Configuration and commands"). Each commits once."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 import click
 from flask import Flask
 
+from portal import clock
+from portal.domain.errors import PortalError
 from portal.extensions import db
 from portal.services import accounts, departments, devices
 from portal.services.actors import CLI
 from portal.services.audit import verify_audit_chain
-from portal.services.errors import ServiceError
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    """A command's `now`, from the app's clock."""
+    return clock.now()
 
 
-def _fail(exc: ServiceError) -> click.ClickException:
+def _fail(exc: PortalError) -> click.ClickException:
     db.session.rollback()
     message = exc.message
     if getattr(exc, "field_errors", None):
@@ -48,7 +50,7 @@ def init_commands(app: Flask) -> None:
             return
         try:
             department = departments.create_department(name=name, actor=CLI, now=_now())
-        except ServiceError as exc:
+        except PortalError as exc:
             raise _fail(exc) from None
         db.session.commit()
         click.echo(f"Created department “{department.name}” (id {department.id}).")
@@ -71,7 +73,7 @@ def init_commands(app: Flask) -> None:
         try:
             user = accounts.create_or_update_user(email=email, password=password, role=role,
                                                   department=department, actor=CLI, now=_now())
-        except ServiceError as exc:
+        except PortalError as exc:
             raise _fail(exc) from None
         db.session.commit()
         where = f" in “{department.name}”" if department else ""
@@ -116,7 +118,7 @@ def init_commands(app: Flask) -> None:
             device, token = devices.create_device(
                 department=department, name=name, os=os_name, ip_address=ip_address,
                 group_id=group_id, actor=CLI, now=now)
-        except ServiceError as exc:
+        except PortalError as exc:
             raise _fail(exc) from None
         db.session.commit()
         click.echo(f"Created device {device.name} in “{department.name}”. "

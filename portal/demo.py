@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from datetime import datetime, timezone
 
 import click
 from sqlalchemy import select
 
+from portal import clock
 from portal.extensions import db
 
 DEMO_PASSWORD = "session-gate-demo"
@@ -71,7 +71,7 @@ def seed(app) -> list[tuple[str, str]]:
     from portal.services.actors import Actor
 
     actor = Actor(label="demo")
-    now = datetime.now(timezone.utc)
+    now = clock.now(app)
     for name, spec in DEPARTMENTS.items():
         department = departments.find_department(name)
         if department is not None:

@@ -16,9 +16,10 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from sqlalchemy import text
 
+from portal import clock
 from portal.extensions import db
+from portal.services import decisions
 from portal.services import mail as outbox
-from portal.services import requests as request_service
 
 log = logging.getLogger("portal.jobs")
 
@@ -27,16 +28,12 @@ OUTBOX_INTERVAL_SECONDS = 2
 ADVISORY_LOCK_KEY = 0x5E55_10A7  # "session gate" scheduler election
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _run(app: Flask, name: str, work):
-    """A job boundary: its own app context and session, one commit, errors logged (a
-    failed run is simply retried at the next tick)."""
+    """A job boundary: its own app context and session, `now` read once from the app's
+    clock, one commit, errors logged (a failed run is simply retried at the next tick)."""
     with app.app_context():
         try:
-            result = work(utcnow())
+            result = work(clock.now(app))
             db.session.commit()
             return result
         except Exception:
@@ -48,14 +45,38 @@ def _run(app: Flask, name: str, work):
 
 
 def expire_requests(app: Flask) -> list[int]:
-    ids = _run(app, "expiry sweep", request_service.expire_overdue) or []
+    ids = _run(app, "expiry sweep", decisions.expire_overdue) or []
     if ids:
         log.info("timed out %d request(s): %s", len(ids), ids)
     return ids
 
 
+def deliver_outbox(now: datetime, limit: int = 50) -> outbox.DeliveryReport:
+    """Send what is due, committing the claim first and then after each message (a job
+    boundary): a crash never loses a recorded delivery, and a message is sent at most once
+    per claim. Needs an app context."""
+    report = outbox.DeliveryReport()
+    claimed = outbox.claim_due(now, limit)
+    db.session.commit()  # the claim is visible before the slow part
+    if not claimed:
+        return report
+    try:
+        connection = outbox.connect()
+    except Exception as exc:  # SMTP down: everything claimed is retried later
+        outbox.defer_all(claimed, exc, now, report)
+        db.session.commit()
+        return report
+    try:
+        for message_id in claimed:
+            outbox.deliver_one(message_id, connection, now, report)
+            db.session.commit()
+    finally:
+        outbox.disconnect(connection)
+    return report
+
+
 def deliver_mail(app: Flask) -> outbox.DeliveryReport | None:
-    report = _run(app, "outbox delivery", outbox.deliver_outbox)
+    report = _run(app, "outbox delivery", deliver_outbox)
     if report and (report.sent or report.failed or report.retried):
         log.info("outbox: sent %s, retrying %s, failed %s", report.sent, report.retried,
                  report.failed)
@@ -69,7 +90,7 @@ def build_scheduler(app: Flask, *, blocking: bool = False):
     scheduler = scheduler_class(timezone=timezone.utc,
                                 job_defaults={"coalesce": True, "max_instances": 1,
                                               "misfire_grace_time": 30})
-    now = utcnow()
+    now = datetime.now(timezone.utc)  # APScheduler's own timing runs on real time
     scheduler.add_job(expire_requests, "interval", args=[app], id="expire_requests",
                       seconds=EXPIRY_INTERVAL_SECONDS, next_run_time=now)
     scheduler.add_job(deliver_mail, "interval", args=[app], id="deliver_mail",

@@ -1,6 +1,4 @@
 """The JSON API for technician consoles and device agents (design.md, "HTTP contract")."""
-from flask import Blueprint
+from portal.api.views import bp
 
-bp = Blueprint("api", __name__, url_prefix="/api/v1")
-
-from portal.api import views  # noqa: E402,F401  (routes register on bp)
+__all__ = ["bp"]

@@ -1,18 +1,13 @@
 """Bearer tokens: a user token (technician console) or a device token (agent)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from functools import wraps
 
 from flask import g, request
 
+from portal.clock import request_now
+from portal.domain.errors import UnauthorizedError
 from portal.services import accounts
-from portal.services.errors import ServiceError
-
-
-class UnauthorizedError(ServiceError):
-    status = 401
-    code = "unauthorized"
 
 
 def _bearer() -> str:
@@ -28,23 +23,27 @@ def _token(kind: str):
     if row is None or (kind == "user" and row.user is None) or (
             kind == "device" and row.device is None):
         raise UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
-    now = datetime.now(timezone.utc)
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
-        row.last_used_at = now  # at most once a minute: polling stays read-only
     return row
 
 
-def user_token_required(view):
+def _authenticated(kind: str, view):
     @wraps(view)
     def wrapper(*args, **kwargs):
-        g.api_user = _token("user").user
-        return view(*args, **kwargs)
+        token = _token(kind)
+        if kind == "user":
+            g.api_user = token.user
+        else:
+            g.api_device = token.device
+        response = view(*args, **kwargs)
+        # After the view: a long-poll holds no write lock while it waits.
+        accounts.note_token_used(token, request_now())
+        return response
     return wrapper
+
+
+def user_token_required(view):
+    return _authenticated("user", view)
 
 
 def device_token_required(view):
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        g.api_device = _token("device").device
-        return view(*args, **kwargs)
-    return wrapper
+    return _authenticated("device", view)

@@ -1,34 +1,24 @@
-"""API routes (design.md, "HTTP contract"). One service call and one commit per request."""
+"""API routes (design.md, "HTTP contract"): read the body, call a service, answer. The
+unit of work (portal.unit_of_work) commits; errors are mapped by portal.web.errors."""
 from __future__ import annotations
 
-import time
-from datetime import datetime, timezone
+from flask import Blueprint, current_app, g, jsonify, request, url_for
 
-from flask import current_app, g, jsonify, request, url_for
-
-from portal.api import bp
+from portal import clock, unit_of_work
 from portal.api.auth import device_token_required, user_token_required
 from portal.api.serializers import iso, prompt_object, request_object
+from portal.clock import request_now as utcnow
 from portal.domain import requests as rules
-from portal.extensions import db
-from portal.services import agents, requests as service
+from portal.domain.errors import BadRequestError
+from portal.services import agents, decisions, requests as service
 from portal.services.actors import Actor
-from portal.services.errors import ServiceError
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 MAX_WAIT_SECONDS = 30
 # Ids in URLs: the id columns are 32-bit integers; a bigger number matches no route (404)
 # instead of reaching the database, where it fails (a 500 on SQLite and PostgreSQL).
 ID = "int(max=2147483647)"
-POLL_INTERVAL_SECONDS = 0.05
-
-
-class BadRequestError(ServiceError):
-    status = 400
-    code = "bad_request"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def body() -> dict:
@@ -70,7 +60,6 @@ def create_session_request():
         technician=g.api_user, device_name=device, run_as=optional_string(data, "run_as"),
         reason=optional_string(data, "reason"), actor=user_actor(), now=now,
         base_url=current_app.config["BASE_URL"])
-    db.session.commit()
     response = jsonify(request_object(req, now))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_session_request", request_id=req.id)
@@ -94,27 +83,19 @@ def get_session_request(request_id: int):
     wait = _wait_seconds()
     req = service.get_own_request(g.api_user, request_id)
     seen = rules.effective_status(req.status, req.expires_at, utcnow())
-    db.session.commit()  # keep token bookkeeping; frees the connection while we wait
     if wait and seen is rules.Status.PENDING:
-        # Long-poll: one indexed single-row read per tick, no connection held between.
-        give_up = time.monotonic() + wait
-        while time.monotonic() < give_up:
-            row = service.read_status(request_id)
-            db.session.rollback()
-            if row is None or rules.effective_status(row[0], row[1], utcnow()) is not seen:
-                break
-            time.sleep(POLL_INTERVAL_SECONDS)
+        unit_of_work.release()  # nothing changed yet: no connection held while waiting
+        service.wait_for_change(request_id, seen, wait, current_app.extensions["clock"])
         req = service.get_own_request(g.api_user, request_id)
-    return jsonify(request_object(req, utcnow()))
+    return jsonify(request_object(req, clock.now()))
 
 
 @bp.post(f"/session-requests/<{ID}:request_id>/cancel")
 @user_token_required
 def cancel_session_request(request_id: int):
     now = utcnow()
-    req = service.cancel_request(user=g.api_user, request_id=request_id,
-                                 actor=user_actor(), now=now)
-    db.session.commit()
+    req = decisions.cancel_request(user=g.api_user, request_id=request_id,
+                                   actor=user_actor(), now=now)
     return jsonify(request_object(req, now))
 
 
@@ -134,7 +115,6 @@ def agent_state():
         raise BadRequestError("“logged_in_user” must be a string or null.")
     agents.update_state(device=g.api_device, locked=data["locked"],
                         logged_in_user=logged_in_user, actor=device_actor(), now=utcnow())
-    db.session.commit()
     return "", 204
 
 
@@ -143,9 +123,7 @@ def agent_state():
 def agent_prompts():
     now = utcnow()
     prompts = agents.open_prompts(device=g.api_device, actor=device_actor(), now=now)
-    payload = {"prompts": [prompt_object(req, now) for req in prompts]}
-    db.session.commit()
-    return jsonify(payload)
+    return jsonify({"prompts": [prompt_object(req, now) for req in prompts]})
 
 
 @bp.post(f"/agent/prompts/<{ID}:request_id>")
@@ -156,9 +134,8 @@ def agent_decide(request_id: int):
     if decision not in ("accept", "decline"):
         raise BadRequestError("“decision” must be “accept” or “decline”.")
     now = utcnow()
-    req = service.decide_by_end_user(device=g.api_device, request_id=request_id,
-                                     decision=decision, actor=device_actor(), now=now)
-    db.session.commit()
+    req = decisions.decide_by_end_user(device=g.api_device, request_id=request_id,
+                                       decision=decision, actor=device_actor(), now=now)
     return jsonify(request_object(req, now))
 
 
@@ -172,7 +149,6 @@ def agent_start_session():
                               "must be an integer.")
     session = agents.start_remote_session(device=g.api_device, request_id=request_id,
                                           actor=device_actor(), now=utcnow())
-    db.session.commit()
     return jsonify(id=session.id, request_id=session.request_id,
                    started_at=iso(session.started_at)), 201
 
@@ -182,7 +158,6 @@ def agent_start_session():
 def agent_end_session(session_id: int):
     session = agents.end_remote_session(device=g.api_device, session_id=session_id,
                                         actor=device_actor(), now=utcnow())
-    db.session.commit()
     return jsonify(id=session.id, request_id=session.request_id,
                    started_at=iso(session.started_at), ended_at=iso(session.ended_at))
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from portal.domain.errors import AlreadyDecidedError, ExpiredError
+
 
 class Status(StrEnum):
     PENDING = "pending"
@@ -33,8 +35,6 @@ class EmailCheck(StrEnum):
     TIMED_OUT = "timed_out"
     SKIPPED = "skipped"
 
-
-TERMINAL = frozenset({Status.APPROVED, Status.DENIED, Status.TIMED_OUT, Status.CANCELLED})
 
 # Exact texts shown to the technician (design.md).
 MSG_APPROVED = "The session will begin shortly."
@@ -107,25 +107,6 @@ def plan_request(policy: PolicyInput, now: datetime) -> Plan:
 # --- deciding ------------------------------------------------------------------------
 
 
-class DecisionRefusedError(Exception):
-    status = 400
-    code = "refused"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class AlreadyDecidedError(DecisionRefusedError):
-    status = 409
-    code = "already_decided"
-
-
-class ExpiredError(DecisionRefusedError):
-    status = 410
-    code = "expired"
-
-
 def effective_status(status: Status | str, expires_at: datetime, now: datetime) -> Status:
     """A pending request whose deadline has passed reads as timed out, job or no job."""
     status = Status(status)
@@ -135,7 +116,8 @@ def effective_status(status: Status | str, expires_at: datetime, now: datetime) 
 
 
 def refusal(status: Status | str, expires_at: datetime, now: datetime,
-            check_deadline: datetime | None = None) -> DecisionRefusedError | None:
+            check_deadline: datetime | None = None
+            ) -> AlreadyDecidedError | ExpiredError | None:
     """Why a decision would be refused now, or None when it may go ahead.
 
     At or after the deadline: 410, whatever the stored status says. Otherwise a request

@@ -6,10 +6,9 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from portal.domain.permissions import DEPARTMENT_ROLES
 from portal.extensions import db
 from portal.models.types import UTCDateTime
-
-ROLES = ("department_admin", "approver", "auditor", "technician")
 
 
 class User(db.Model):
@@ -54,7 +53,7 @@ class Membership(db.Model):
     __table_args__ = (
         UniqueConstraint("user_id", "department_id", "role"),
         CheckConstraint(
-            "role IN ('department_admin', 'approver', 'auditor', 'technician')", name="role"
+            "role IN (" + ", ".join(f"'{role}'" for role in DEPARTMENT_ROLES) + ")", name="role"
         ),
     )
 

@@ -7,17 +7,17 @@ from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from portal.extensions import db
 from portal.models import ApiToken, Department, Device, LoginSession, LoginThrottle, Membership, User
-from portal.models.accounts import ROLES
+from portal.domain.permissions import ALL_ROLES
 from portal.services import crypto, passwords
 from portal.services.actors import Actor
 from portal.services.audit import record_event
-from portal.services.errors import InvalidInputError, NotFoundError, ThrottledError
+from portal.unit_of_work import keep_changes
+from portal.domain.errors import InvalidInputError, NotFoundError, ThrottledError
 
-ALL_ROLES = ("admin",) + ROLES
 SIGN_IN_FAILED = "Invalid email or password."
 SIGN_IN_THROTTLED = "Too many sign-in attempts. Try again in {minutes} minute(s)."
 
@@ -202,6 +202,7 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
     if locked:
         record_event(actor=Actor(label=typed, client_ip=client_ip), action="auth.sign_in",
                      target_type="user", target_id=typed, now=now, outcome="throttled")
+        keep_changes()  # the refusal is audited although the sign-in fails
         raise ThrottledError(SIGN_IN_THROTTLED.format(minutes=math.ceil(locked / 60)), locked)
     user = find_user(typed)
     if user is None:
@@ -215,6 +216,7 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
                                  client_ip=client_ip),
                      action="auth.sign_in", target_type="user",
                      target_id=user.id if user else typed, now=now, outcome="failure")
+        keep_changes()  # the failure counts, and is audited, although the sign-in fails
         raise InvalidInputError({"email": [SIGN_IN_FAILED]})
     assert user is not None
     _clear_failures(user.email)
@@ -288,6 +290,23 @@ def find_token(token: str) -> ApiToken | None:
     if row.user is not None and not row.user.is_enabled:
         return None
     return row
+
+
+TOKEN_TOUCH_SECONDS = 60
+
+
+def note_token_used(token: ApiToken, now: datetime) -> None:
+    """Record when a token was last used, at most once a minute: one conditional UPDATE,
+    and none at all while the last touch is recent (polling stays read-only)."""
+    stale = now - timedelta(seconds=TOKEN_TOUCH_SECONDS)
+    if token.last_used_at is not None and token.last_used_at > stale:
+        return
+    db.session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token.id,
+               or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= stale))
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False))
 
 
 def get_user(user_id: int) -> User:

@@ -5,13 +5,14 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 
 from portal.domain.requests import EndUserCheck, Status
 from portal.extensions import db
 from portal.models import Device, RemoteSession, SessionRequest
 from portal.services.actors import Actor
 from portal.services.audit import record_event
-from portal.services.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 
 MAX_USERNAME = 256
 
@@ -44,7 +45,12 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
 
 def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[SessionRequest]:
     """This device's end-user prompts still open now; the first fetch of each is recorded
-    as "prompt shown"."""
+    as "prompt shown".
+
+    The "first fetch" marks are one conditional UPDATE … RETURNING over all of them, before
+    any audit event is written: a poll never holds one request's row while waiting for
+    the audit trail and then reaches for another's (which a decision on that other
+    request, holding its row and wanting the trail, would make a deadlock)."""
     prompts = list(db.session.scalars(
         select(SessionRequest)
         .where(SessionRequest.device_id == device.id,
@@ -52,17 +58,22 @@ def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Session
                SessionRequest.end_user_check == EndUserCheck.PENDING.value,
                SessionRequest.end_user_deadline > now,
                SessionRequest.expires_at > now)
+        .options(joinedload(SessionRequest.technician))
         .order_by(SessionRequest.created_at, SessionRequest.id)))
-    for req in prompts:
-        first = db.session.execute(
+    unseen = [req.id for req in prompts if req.prompt_shown_at is None]
+    if unseen:
+        first = set(db.session.scalars(
             update(SessionRequest)
-            .where(SessionRequest.id == req.id, SessionRequest.prompt_shown_at.is_(None))
+            .where(SessionRequest.id.in_(unseen), SessionRequest.prompt_shown_at.is_(None))
             .values(prompt_shown_at=now)
-            .execution_options(synchronize_session=False)).rowcount == 1
-        if first:
-            record_event(actor=actor, action="prompt.shown", target_type="session_request",
-                         target_id=req.id, department_id=req.department_id, now=now,
-                         details={"request_id": req.id, "device": device.name})
+            .returning(SessionRequest.id)
+            .execution_options(synchronize_session=False)))
+        for req in prompts:
+            if req.id in first:
+                record_event(actor=actor, action="prompt.shown",
+                             target_type="session_request", target_id=req.id,
+                             department_id=req.department_id, now=now,
+                             details={"request_id": req.id, "device": device.name})
     return prompts
 
 

@@ -1,49 +1,68 @@
-"""Who may do what in which department.
-
-admin: everything, every department. department_admin: their departments' settings,
-devices, groups, exclusions and members. auditor: read-only views of their departments.
-approver / technician: no settings pages.
-"""
+"""Enforcing the permission table (portal.domain.permissions) for a user: which roles they
+hold where, and whether those allow an action. 403 before 404, so ids of other
+departments can't be probed."""
 from __future__ import annotations
 
 from sqlalchemy import select
 
+from portal.domain.errors import ForbiddenError, NotFoundError
+from portal.domain.permissions import ADMIN, Action, may, roles_allowed
 from portal.extensions import db
 from portal.models import Department, Membership, User
-from portal.services.errors import ForbiddenError, NotFoundError
-
-MANAGE = "manage"  # change settings, devices, groups, exclusions, members
-VIEW = "view"      # read settings and lists (auditors, read-only)
 
 
 def roles_in(user: User, department_id: int) -> set[str]:
-    return set(
-        db.session.scalars(
-            select(Membership.role).where(
-                Membership.user_id == user.id, Membership.department_id == department_id
-            )
-        )
-    )
-
-
-def can(user: User, action: str, department_id: int) -> bool:
-    if not user.is_authenticated:
-        return False
+    """The user's roles in one department; `admin` counts everywhere."""
+    roles = set(db.session.scalars(
+        select(Membership.role).where(Membership.user_id == user.id,
+                                      Membership.department_id == department_id)))
     if user.is_admin:
-        return True
-    roles = roles_in(user, department_id)
-    if action == MANAGE:
-        return "department_admin" in roles
-    if action == VIEW:
-        return bool(roles & {"department_admin", "auditor"})
-    return False
+        roles.add(ADMIN)
+    return roles
 
 
-def department_for(user: User, department_id: int, action: str) -> Department:
-    """The department, if the user may do `action` there; 403 before 404 for non-admins so
-    ids of other departments are not probed."""
-    if not can(user, action, department_id):
-        raise ForbiddenError("You do not have access to this department.")
+def roles_anywhere(user: User) -> set[str]:
+    """Every role the user holds in any department (one query)."""
+    roles = set(db.session.scalars(
+        select(Membership.role).where(Membership.user_id == user.id).distinct()))
+    if user.is_admin:
+        roles.add(ADMIN)
+    return roles
+
+
+def can(user: User, action: Action | str, department_id: int) -> bool:
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return may(roles_in(user, department_id), action)
+
+
+def can_anywhere(user: User, action: Action | str) -> bool:
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return may(roles_anywhere(user), action)
+
+
+def require(user: User, action: Action | str, department_id: int | None = None,
+            message: str = "You do not have access to this.") -> None:
+    """ForbiddenError unless the user may do `action` (in the department, when given)."""
+    allowed = (can(user, action, department_id) if department_id is not None
+               else can_anywhere(user, action))
+    if not allowed:
+        raise ForbiddenError(message)
+
+
+def department_ids_where(user: User, action: Action | str):
+    """A subquery of the department ids where the user may do `action`, or None for an
+    admin (every department)."""
+    if user.is_admin:
+        return None
+    return select(Membership.department_id).where(
+        Membership.user_id == user.id, Membership.role.in_(roles_allowed(action)))
+
+
+def department_for(user: User, department_id: int, action: Action | str) -> Department:
+    """The department, if the user may do `action` there."""
+    require(user, action, department_id, "You do not have access to this department.")
     department = db.session.get(Department, department_id)
     if department is None:
         raise NotFoundError("No such department.")
@@ -68,17 +87,18 @@ def departments_of(user: User) -> list[tuple[Department, set[str]]]:
     roles: dict[int, set[str]] = {}
     for department_id, role in rows:
         roles.setdefault(department_id, set()).add(role)
-    return [(d, roles.get(d.id, set())) for d in departments]
+    extra = {ADMIN} if user.is_admin else set()
+    return [(d, roles.get(d.id, set()) | extra) for d in departments]
 
 
-def has_any_settings_access(user: User) -> bool:
-    if user.is_admin:
-        return True
-    return bool(
-        db.session.scalar(
-            select(Membership.id).where(
-                Membership.user_id == user.id,
-                Membership.role.in_(("department_admin", "auditor")),
-            ).limit(1)
-        )
-    )
+def navigation(user: User) -> dict[str, bool]:
+    """Which main-menu entries the user's roles open (one query)."""
+    if not getattr(user, "is_authenticated", False):
+        return {}
+    roles = roles_anywhere(user)
+    return {
+        "connect": may(roles, Action.REQUEST),
+        "pending": may(roles, Action.DECIDE),
+        "departments": may(roles, Action.VIEW),
+        "outbox": may(roles, Action.ADMINISTER),
+    }

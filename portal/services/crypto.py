@@ -20,7 +20,3 @@ def _key() -> bytes:
 
 def keyed_hash(value: str) -> str:
     return hmac.new(_key(), value.encode(), hashlib.sha256).hexdigest()
-
-
-def matches(value: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(keyed_hash(value), stored_hash)

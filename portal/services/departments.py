@@ -11,7 +11,7 @@ from portal.extensions import db
 from portal.models import Department, DepartmentSettings, Device, DeviceGroup, Exclusion
 from portal.services.actors import Actor
 from portal.services.audit import record_event
-from portal.services.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 
 MAX_NAME_LENGTH = 100
 

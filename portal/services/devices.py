@@ -13,7 +13,7 @@ from portal.services import accounts
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.services.departments import clean_name
-from portal.services.errors import InvalidInputError, NotFoundError
+from portal.domain.errors import InvalidInputError, NotFoundError
 from portal.services.pages import Page, fetch_page
 
 

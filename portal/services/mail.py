@@ -71,10 +71,15 @@ def approval_links_in(message: OutboxMessage) -> list[str]:
 
 
 def cancel_for_request(request_id: int) -> None:
-    """The request is over: undelivered mail about it is not sent any more, and every copy
-    of its links' secrets is redacted."""
+    cancel_for_requests([request_id])
+
+
+def cancel_for_requests(request_ids: list[int]) -> None:
+    """The requests are over: undelivered mail about them is not sent any more, and every
+    copy of their links' secrets is redacted (rows locked in id order)."""
     for message in db.session.scalars(
-            select(OutboxMessage).where(OutboxMessage.request_id == request_id)):
+            select(OutboxMessage).where(OutboxMessage.request_id.in_(request_ids))
+            .order_by(OutboxMessage.id)):
         if message.status in ("pending", "sending"):
             message.status = "cancelled"
         redact(message)
@@ -100,7 +105,11 @@ def _permanent(exc: Exception) -> bool:
     return isinstance(code, int) and code >= 500
 
 
-def _claim(now: datetime, limit: int) -> list[int]:
+def claim_due(now: datetime, limit: int = 50) -> list[int]:
+    """Claim what is due for sending (each message by one conditional UPDATE, so two
+    senders never claim the same one). The caller commits the claim before sending."""
+    if not is_configured():
+        return []
     due = list(db.session.scalars(
         select(OutboxMessage.id)
         .where(OutboxMessage.status.in_(("pending", "sending")),
@@ -117,61 +126,58 @@ def _claim(now: datetime, limit: int) -> list[int]:
             .execution_options(synchronize_session=False)).rowcount == 1
         if won:
             claimed.append(message_id)
-    db.session.commit()  # the claim is visible before the slow part
     return claimed
 
 
-def deliver_outbox(now: datetime, limit: int = 50) -> DeliveryReport:
-    """Send what is due. Commits per message (a job boundary): a crash never loses a
-    recorded delivery, and a message is sent at most once per claim."""
-    report = DeliveryReport()
-    if not is_configured():
-        return report
-    claimed = _claim(now, limit)
-    if not claimed:
-        return report
+def connect():
+    """An open SMTP connection (Flask-Mail's), or the exception that prevented it."""
+    connection = mail.connect()
+    connection.__enter__()
+    return connection
+
+
+def disconnect(connection) -> None:
     try:
-        connection = mail.connect()
-        connection.__enter__()
-    except Exception as exc:  # SMTP down: everything claimed is retried later
-        for message_id in claimed:
-            _retry_or_fail(db.session.get(OutboxMessage, message_id), exc, now, report)
-        db.session.commit()
-        return report
+        connection.__exit__(None, None, None)
+    except Exception:  # the server hung up first: nothing left to close
+        pass
+
+
+def defer_all(message_ids: list[int], exc: Exception, now: datetime,
+              report: DeliveryReport) -> None:
+    """SMTP could not be reached: every claimed message is retried later (or fails)."""
+    for message_id in message_ids:
+        _retry_or_fail(db.session.get(OutboxMessage, message_id), exc, now, report)
+    db.session.flush()
+
+
+def deliver_one(message_id: int, connection, now: datetime, report: DeliveryReport) -> None:
+    """Send one claimed message, unless its request is over (then it is cancelled)."""
+    message = db.session.get(OutboxMessage, message_id)
+    req = db.session.get(SessionRequest, message.request_id) if message.request_id else None
+    if req is not None and (req.status != rules.Status.PENDING.value
+                            or now >= req.expires_at):
+        message.status = "cancelled"
+        redact(message)
+        report.cancelled.append(message.id)
+        db.session.flush()
+        return
     try:
-        for message_id in claimed:
-            message = db.session.get(OutboxMessage, message_id)
-            req = db.session.get(SessionRequest, message.request_id) \
-                if message.request_id else None
-            if req is not None and (req.status != rules.Status.PENDING.value
-                                    or now >= req.expires_at):
-                message.status = "cancelled"
-                redact(message)
-                report.cancelled.append(message.id)
-                db.session.commit()
-                continue
-            try:
-                connection.send(Message(
-                    subject=message.subject, recipients=[message.recipient],
-                    body=message.body_text, html=message.body_html,
-                    sender=current_app.config["MAIL_DEFAULT_SENDER"]))
-            except Exception as exc:
-                _retry_or_fail(message, exc, now, report)
-            else:
-                message.status = "sent"
-                message.sent_at = now
-                message.attempts += 1
-                message.last_error = None
-                redact(message)
-                report.sent.append(message.id)
-                _audit(message, "email.sent", now)
-            db.session.commit()
-    finally:
-        try:
-            connection.__exit__(None, None, None)
-        except Exception:  # the server hung up first: nothing left to close
-            pass
-    return report
+        connection.send(Message(
+            subject=message.subject, recipients=[message.recipient],
+            body=message.body_text, html=message.body_html,
+            sender=current_app.config["MAIL_DEFAULT_SENDER"]))
+    except Exception as exc:
+        _retry_or_fail(message, exc, now, report)
+    else:
+        message.status = "sent"
+        message.sent_at = now
+        message.attempts += 1
+        message.last_error = None
+        redact(message)
+        report.sent.append(message.id)
+        _audit(message, "email.sent", now)
+    db.session.flush()
 
 
 def _retry_or_fail(message: OutboxMessage, exc: Exception, now: datetime,

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from portal.extensions import db
 from portal.models import Department, Membership, User
 from portal.services.pages import Page, fetch_page
-from portal.services.errors import NotFoundError
+from portal.domain.errors import NotFoundError
 
 
 def list_members(department: Department, *, after: str | None, limit: int) -> Page:

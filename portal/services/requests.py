@@ -1,7 +1,9 @@
-"""Session requests: create (apply the policy), decide (first decision wins), cancel,
-expire. Every check-then-change is one conditional UPDATE; its rowcount says who won."""
+"""Session requests: create one (apply the policy, mail its approval links) and read them.
+Deciding, cancelling and expiring are in portal.services.decisions."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import func, or_, select, update
@@ -9,51 +11,26 @@ from sqlalchemy.orm import joinedload
 
 from portal.domain import requests as rules
 from portal.domain.requests import EmailCheck, EndUserCheck, Status
+from portal.domain.errors import InvalidInputError, NotFoundError
+from portal.domain.permissions import Action
 from portal.extensions import db
-from portal.models import (
-    ApprovalLink,
-    Device,
-    Exclusion,
-    Membership,
-    SessionRequest,
-    User,
-)
+from portal.models import ApprovalLink, Device, Exclusion, SessionRequest, User
 from portal.services import authz, crypto, mail
-from portal.services.actors import SYSTEM, Actor
+from portal.services.actors import Actor
 from portal.services.audit import record_event
-from portal.services.errors import (
-    ForbiddenError,
-    InvalidInputError,
-    NotFoundError,
-    ServiceError,
-)
 
 MAX_RUN_AS = 256
 MAX_REASON = 1000
-DECIDER_ROLES = ("approver", "department_admin")
 
 
-class DecisionError(ServiceError):
-    """A refused decision: 409 already decided, 410 expired. An overdue request has just
-    been marked timed out: that change is kept."""
-
-    keeps_changes = True
-
-    def __init__(self, refusal: rules.DecisionRefusedError) -> None:
-        super().__init__(refusal.message)
-        self.status = refusal.status
-        self.code = refusal.code
-        self.expired = isinstance(refusal, rules.ExpiredError)
-
-
-def _audit(req: SessionRequest, action: str, actor: Actor, now: datetime, *,
+def audit_request(req: SessionRequest, action: str, actor: Actor, now: datetime, *,
            outcome: str = "success", **details) -> None:
     record_event(actor=actor, action=action, target_type="session_request", target_id=req.id,
                  department_id=req.department_id, now=now, outcome=outcome,
                  details={"request_id": req.id, "device": req.device.name, **details})
 
 
-def _clean_text(value, field: str, limit: int) -> str | None:
+def clean_text(value, field: str, limit: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
@@ -82,17 +59,12 @@ def _exclusion_reason(device: Device) -> str | None:
     return f"group “{device.group.name}” excluded from session confirmation"
 
 
-def may_request(user: User, department_id: int) -> bool:
-    return user.is_admin or "technician" in authz.roles_in(user, department_id)
-
-
 def requestable_devices(user: User) -> list[Device]:
     """Devices a technician may ask for, by name."""
     query = select(Device).options(joinedload(Device.department)).order_by(Device.name)
-    if not user.is_admin:
-        query = query.where(Device.department_id.in_(
-            select(Membership.department_id).where(Membership.user_id == user.id,
-                                                   Membership.role == "technician")))
+    departments = authz.department_ids_where(user, Action.REQUEST)
+    if departments is not None:
+        query = query.where(Device.department_id.in_(departments))
     return list(db.session.scalars(query))
 
 
@@ -102,10 +74,10 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         raise InvalidInputError({"device": ["Name the device."]})
     if not device_name.strip().isprintable():  # e.g. a NUL, which PostgreSQL rejects
         raise InvalidInputError({"device": ["Use printable characters only."]})
-    run_as = _clean_text(run_as, "run_as", MAX_RUN_AS)
-    reason = _clean_text(reason, "reason", MAX_REASON)
+    run_as = clean_text(run_as, "run_as", MAX_RUN_AS)
+    reason = clean_text(reason, "reason", MAX_REASON)
     device = db.session.scalar(select(Device).where(Device.name == device_name.strip()))
-    if device is None or not may_request(technician, device.department_id):
+    if device is None or not authz.can(technician, Action.REQUEST, device.department_id):
         raise NotFoundError("No such device in your departments.")
     settings = device.department.settings
     plan = rules.plan_request(
@@ -132,20 +104,22 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
     )
     db.session.add(req)
     db.session.flush()
-    _audit(req, "request.created", actor, now, technician=technician.email, run_as=run_as,
+    audit_request(req, "request.created", actor, now, technician=technician.email, run_as=run_as,
            reason=reason, end_user=plan.end_user.value, email=plan.email.value,
            expires_at=plan.expires_at.isoformat())
     if plan.status is Status.APPROVED:
-        _audit(req, "request.decided", actor, now, status="approved",
+        audit_request(req, "request.decided", actor, now, status="approved",
                decided_by=plan.decided_by, decision_reason=plan.decision_reason)
     if plan.email is EmailCheck.PENDING:
         for recipient in settings.recipients:
             token = crypto.new_token()
-            db.session.add(ApprovalLink(request_id=req.id, recipient_email=recipient,
-                                        token_hash=crypto.keyed_hash(token), created_at=now))
+            db.session.add(ApprovalLink(
+                request_id=req.id, recipient_email=recipient,
+                token_hash=crypto.keyed_hash(token), created_at=now,
+                is_sign_in_required=settings.is_sign_in_required_to_decide))
             mail.queue_approval_email(req=req, recipient=recipient, token=token,
                                       base_url=base_url, now=now)
-            _audit(req, "email.queued", actor, now, recipient=recipient)
+            audit_request(req, "email.queued", actor, now, recipient=recipient)
         db.session.flush()
     return req
 
@@ -185,27 +159,25 @@ def reading(req: SessionRequest, now: datetime) -> rules.Reading:
         decided_by=req.decided_by, now=now)
 
 
-def read_status(request_id: int) -> tuple[str, datetime] | None:
-    """(status, expires_at): the one cheap query a poll makes."""
-    row = db.session.execute(
-        select(SessionRequest.status, SessionRequest.expires_at)
-        .where(SessionRequest.id == request_id)
-    ).first()
-    return (row.status, row.expires_at) if row else None
+POLL_INTERVAL_SECONDS = 0.05
 
 
-def may_decide(user: User, department_id: int) -> bool:
-    if user.is_admin:
-        return True
-    return bool(authz.roles_in(user, department_id) & set(DECIDER_ROLES))
-
-
-def decides_anywhere(user: User) -> bool:
-    if user.is_admin:
-        return True
-    return db.session.scalar(
-        select(Membership.id).where(Membership.user_id == user.id,
-                                    Membership.role.in_(DECIDER_ROLES)).limit(1)) is not None
+def wait_for_change(request_id: int, seen: Status, seconds: float,
+                    clock: Callable[[], datetime]) -> None:
+    """Hold until the request no longer reads as `seen` (or is gone), or `seconds` pass:
+    a long-poll. Each tick is one indexed single-row read on a connection taken from the
+    pool for that read only, so a waiting request holds no connection in between; the
+    caller hands its own session's connection back first (unit_of_work.release)."""
+    query = (select(SessionRequest.status, SessionRequest.expires_at)
+             .where(SessionRequest.id == request_id))
+    give_up = time.monotonic() + seconds
+    while time.monotonic() < give_up:
+        with db.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or rules.effective_status(row.status, row.expires_at,
+                                                 clock()) is not seen:
+            return
+        time.sleep(POLL_INTERVAL_SECONDS)
 
 
 def pending_for(user: User, now: datetime, limit: int = 50
@@ -213,10 +185,9 @@ def pending_for(user: User, now: datetime, limit: int = 50
     """Open requests of the departments where the user decides; earliest deadline first.
     Returns (up to `limit` rows with device and technician loaded, total count)."""
     where = [SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at > now]
-    if not user.is_admin:
-        where.append(SessionRequest.department_id.in_(
-            select(Membership.department_id).where(Membership.user_id == user.id,
-                                                   Membership.role.in_(DECIDER_ROLES))))
+    departments = authz.department_ids_where(user, Action.DECIDE)
+    if departments is not None:
+        where.append(SessionRequest.department_id.in_(departments))
     rows = list(db.session.scalars(
         select(SessionRequest).where(*where)
         .options(joinedload(SessionRequest.device), joinedload(SessionRequest.technician),
@@ -225,170 +196,3 @@ def pending_for(user: User, now: datetime, limit: int = 50
     total = len(rows) if len(rows) < limit else db.session.scalar(
         select(func.count(SessionRequest.id)).where(*where))
     return rows, total
-
-
-# --- deciding ------------------------------------------------------------------------
-
-
-def _win(req: SessionRequest, now: datetime, values: dict, *,
-         end_user: bool = False) -> bool:
-    """The conditional transition out of pending. True when this call won."""
-    stmt = (update(SessionRequest)
-            .where(SessionRequest.id == req.id,
-                   SessionRequest.status == Status.PENDING.value,
-                   SessionRequest.expires_at > now)
-            .values(decided_at=now, **values)
-            .execution_options(synchronize_session=False))
-    if end_user:
-        stmt = stmt.where(SessionRequest.end_user_check == EndUserCheck.PENDING.value,
-                          SessionRequest.end_user_deadline > now)
-    won = db.session.execute(stmt).rowcount == 1
-    db.session.expire(req)
-    return won
-
-
-def _refuse(req: SessionRequest, now: datetime, check_deadline: datetime | None = None):
-    """After losing: mark an overdue request timed out (so it reads so at once) and raise
-    409 or 410."""
-    refusal = rules.refusal(req.status, req.expires_at, now, check_deadline)
-    if refusal is None:  # lost to nobody: the end-user check was not open
-        refusal = rules.AlreadyDecidedError("This prompt is closed.")
-    if isinstance(refusal, rules.ExpiredError) and req.status == Status.PENDING.value \
-            and now >= req.expires_at:
-        expire_one(req, now)
-    raise DecisionError(refusal)
-
-
-def _after_decision(req: SessionRequest, actor: Actor, now: datetime, **details) -> None:
-    mail.cancel_for_request(req.id)
-    _audit(req, "request.decided", actor, now, status=req.status,
-           decided_by=req.decided_by, **details)
-
-
-def decide_by_end_user(*, device: Device, request_id: int, decision: str, actor: Actor,
-                       now: datetime) -> SessionRequest:
-    if decision not in ("accept", "decline"):
-        raise InvalidInputError({"decision": ["Use “accept” or “decline”."]})
-    req = db.session.get(SessionRequest, request_id)
-    if req is None or req.device_id != device.id or \
-            req.end_user_check == EndUserCheck.SKIPPED.value:
-        raise NotFoundError("No such prompt on this device.")
-    accept = decision == "accept"
-    won = _win(req, now, {
-        "status": (Status.APPROVED if accept else Status.DENIED).value,
-        "decided_by": rules.DECIDED_BY_END_USER,
-        "decision_reason": None,
-        "end_user_check": (EndUserCheck.ACCEPTED if accept else EndUserCheck.DECLINED).value,
-    }, end_user=True)
-    if not won:
-        _refuse(req, now, req.end_user_deadline)
-    _after_decision(req, actor, now, check="end_user", decision=decision)
-    return req
-
-
-class SignInRequiredError(Exception):
-    pass
-
-
-def find_link(token: str) -> ApprovalLink:
-    link = db.session.scalar(
-        select(ApprovalLink).where(ApprovalLink.token_hash == crypto.keyed_hash(token))
-        .options(joinedload(ApprovalLink.request)))
-    if link is None:
-        raise NotFoundError("This link is not valid.")
-    return link
-
-
-def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | None,
-                     comment=None, actor: Actor, now: datetime,
-                     user_agent: str = "") -> SessionRequest:
-    """A recipient's Allow / Deny from the email's link (found with find_link)."""
-    allow, comment = _allow_or_deny(decision, comment)
-    req = link.request
-    if req.department.settings.is_sign_in_required_to_decide and signed_in is None:
-        raise SignInRequiredError()
-    if signed_in is not None and signed_in.email.lower() != link.recipient_email.lower():
-        raise ForbiddenError("This link was sent to somebody else. Sign in as its recipient.")
-    return _approver_decides(
-        req, allow, decided_by=link.recipient_email, comment=comment, actor=actor,
-        now=now, check_column="email_check",
-        check_values=(EmailCheck.ALLOWED.value, EmailCheck.DENIED.value),
-        check="email", recipient=link.recipient_email, user_agent=user_agent[:200])
-
-
-def decide_in_portal(*, user: User, request_id: int, decision: str, actor: Actor,
-                     now: datetime, comment=None, user_agent: str = "") -> SessionRequest:
-    allow, comment = _allow_or_deny(decision, comment)
-    req = get_request(request_id)
-    if not may_decide(user, req.department_id):
-        raise ForbiddenError("You can't decide requests of this department.")
-    return _approver_decides(req, allow, decided_by=user.email, comment=comment,
-                             actor=actor, now=now, check="portal",
-                             user_agent=user_agent[:200])
-
-
-def _allow_or_deny(decision: str, comment) -> tuple[bool, str | None]:
-    if decision not in ("allow", "deny"):
-        raise InvalidInputError({"decision": ["Use “allow” or “deny”."]})
-    return decision == "allow", _clean_text(comment, "comment", MAX_REASON)
-
-
-def _approver_decides(req: SessionRequest, allow: bool, *, decided_by: str, comment,
-                      actor: Actor, now: datetime, check_column: str | None = None,
-                      check_values: tuple[str, str] = ("", ""), **details) -> SessionRequest:
-    """Allow or Deny by a person (a link's recipient or a portal approver): first wins."""
-    values = {"status": (Status.APPROVED if allow else Status.DENIED).value,
-              "decided_by": decided_by, "decision_reason": comment}
-    if check_column:
-        values[check_column] = check_values[0] if allow else check_values[1]
-    if not _win(req, now, values):
-        _refuse(req, now)
-    _after_decision(req, actor, now, decision="allow" if allow else "deny", **details)
-    return req
-
-
-def cancel_request(*, user: User, request_id: int, actor: Actor, now: datetime
-                   ) -> SessionRequest:
-    req = get_own_request(user, request_id)
-    if not _win(req, now, {"status": Status.CANCELLED.value}):
-        _refuse(req, now)
-    mail.cancel_for_request(req.id)
-    _audit(req, "request.cancelled", actor, now)
-    return req
-
-
-# --- expiry --------------------------------------------------------------------------
-
-
-def expire_one(req: SessionRequest, now: datetime) -> bool:
-    won = db.session.execute(
-        update(SessionRequest)
-        .where(SessionRequest.id == req.id, SessionRequest.status == Status.PENDING.value,
-               SessionRequest.expires_at <= now)
-        .values(status=Status.TIMED_OUT.value, decided_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
-    db.session.expire(req)
-    if won:
-        mail.cancel_for_request(req.id)
-        _audit(req, "request.timed_out", SYSTEM, now)
-    return won
-
-
-def expire_overdue(now: datetime) -> list[int]:
-    """Move every overdue pending request to timed_out; one transition (and one audit
-    event) per request however many sweeps run at once."""
-    ids = list(db.session.scalars(
-        update(SessionRequest)
-        .where(SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at <= now)
-        .values(status=Status.TIMED_OUT.value, decided_at=now)
-        .returning(SessionRequest.id)
-        .execution_options(synchronize_session=False)
-    ))
-    for request_id in sorted(ids):
-        req = db.session.get(SessionRequest, request_id)
-        db.session.refresh(req)
-        mail.cancel_for_request(request_id)
-        _audit(req, "request.timed_out", SYSTEM, now)
-    return ids
-

@@ -1,18 +1,19 @@
 """Small helpers shared by the page blueprints."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from flask import flash, make_response, redirect, render_template, request
+from flask import flash, g, redirect, render_template, request
+from flask_htmx import make_response
 from flask_login import current_user
 
+from portal import clock
+from portal.extensions import htmx
 from portal.services import authz
 from portal.services.actors import Actor
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+utcnow = clock.request_now  # this request's `now`, read once from the app's clock
 
 
 def client_ip() -> str:
@@ -28,7 +29,10 @@ def department_or_403(department_id: int, action: str):
 
 
 def is_htmx() -> bool:
-    return request.headers.get("HX-Request") == "true"
+    """Whether htmx sent this request (flask-htmx reads its headers). A view that branches
+    on it serves a page and a fragment from one URL, so its answer varies on HX-Request."""
+    g.varies_on_htmx = True
+    return bool(htmx)
 
 
 def page_after() -> str | None:
@@ -68,9 +72,7 @@ def done(message: str, url: str, *, category: str = "success"):
     HX-Redirect for htmx (never a 302 to an htmx request)."""
     flash(message, category)
     if is_htmx():
-        response = make_response("", 204)
-        response.headers["HX-Redirect"] = url
-        return response
+        return make_response("", 204, redirect=url)
     return redirect(url, code=303)
 
 

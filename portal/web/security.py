@@ -3,10 +3,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, redirect, request, url_for
+from flask import Flask, g, jsonify, redirect, request, url_for
+from flask_htmx import make_response
 from flask_login import current_user
 
-from portal.extensions import login_manager
+from portal.domain.permissions import ROLE_NAMES, may, role_label
+from portal.extensions import htmx, login_manager
+from portal.services import accounts, authz
+from portal.web.common import utcnow
 
 CSP = (
     "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -17,24 +21,20 @@ CSP = (
 def init_security(app: Flask) -> None:
     @login_manager.user_loader
     def load_user(session_token: str):
-        from portal.services.accounts import load_signed_in_user
-
-        return load_signed_in_user(session_token)
+        return accounts.load_signed_in_user(session_token)
 
     @login_manager.unauthorized_handler
     def unauthorized():
         if request.blueprint == "api" or request.path.startswith("/api/"):
             return jsonify(error={"code": "unauthorized", "message": "Sign in first."}), 401
-        target = url_for("auth.login", next=_relative_url())
-        if request.headers.get("HX-Request") == "true":
-            response = app.response_class(status=401)
-            response.headers["HX-Redirect"] = target
-            return response
-        return redirect(target, code=303 if request.method != "GET" else 302)
+        return sign_in_redirect()
+
+    app.add_template_filter(role_label, "role_label")
 
     @app.context_processor
     def inject_navigation():
-        return {"nav": _LazyNavigation()}
+        return {"nav": _LazyNavigation(), "may": may, "role_label": role_label,
+                "role_names": ROLE_NAMES}
 
     @app.after_request
     def security_headers(response):
@@ -48,42 +48,31 @@ def init_security(app: Flask) -> None:
         if current_user and getattr(current_user, "is_authenticated", False):
             # Signed-in pages are private to the browser that asked.
             headers.setdefault("Cache-Control", "no-store")
-        if request.headers.get("HX-Request") is not None:
+        # One URL serving a page or a fragment (a view asked web.common.is_htmx), and
+        # every answer to htmx: caches must keep the two apart.
+        if g.get("varies_on_htmx") or htmx:
             headers.add("Vary", "HX-Request")
         return response
+
+
+def sign_in_redirect():
+    """To the sign-in page and back here afterwards; htmx gets HX-Redirect, never a 302."""
+    target = url_for("auth.login", next=_relative_url())
+    if htmx:
+        return make_response("", 401, redirect=target)
+    return redirect(target, code=303 if request.method != "GET" else 302)
 
 
 def _relative_url() -> str:
     """Where to come back after signing in: the current page for a plain GET; for a form
     POST or an htmx request, the page the user was on (HX-Current-URL, else Referer) when
     it is on this site — a POST-only or fragment URL can't be shown after sign-in."""
-    if request.method == "GET" and request.headers.get("HX-Request") != "true":
+    if request.method == "GET" and not htmx:
         return request.full_path.rstrip("?")
-    came_from = urlsplit(request.headers.get("HX-Current-URL") or request.referrer or "")
+    came_from = urlsplit(htmx.current_url or request.referrer or "")
     if came_from.netloc == request.host and came_from.path.startswith("/"):
         return came_from.path + (f"?{came_from.query}" if came_from.query else "")
     return url_for("main.index")
-
-
-def navigation() -> dict:
-    """Which main-menu entries the signed-in user's roles open (one query)."""
-    from sqlalchemy import select
-
-    from portal.extensions import db
-    from portal.models import Membership
-
-    if not current_user or not getattr(current_user, "is_authenticated", False):
-        return {}
-    if current_user.is_admin:
-        return {"connect": True, "pending": True, "departments": True, "outbox": True}
-    roles = set(db.session.scalars(
-        select(Membership.role).where(Membership.user_id == current_user.id).distinct()))
-    return {
-        "connect": "technician" in roles,
-        "pending": bool(roles & {"approver", "department_admin"}),
-        "departments": bool(roles & {"department_admin", "auditor"}),
-        "outbox": False,
-    }
 
 
 class _LazyNavigation:
@@ -95,5 +84,5 @@ class _LazyNavigation:
         if name.startswith("_"):
             raise AttributeError(name)
         if self._entries is None:
-            self._entries = navigation()
+            self._entries = authz.navigation(current_user)
         return bool(self._entries.get(name))

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from portal.extensions import db
 from portal.models import ApiToken, AuditEvent, Device, RemoteSession, SessionRequest
 from portal.services import requests as service
+from portal.services import decisions
 from portal.services.actors import CLI
 
 STATE = "/api/v1/agent/state"
@@ -110,7 +111,7 @@ def test_prompts_lists_only_this_devices_open_end_user_prompts(client, w):
     late_id = ask(w)                              # its prompt is over
     age(late_id, 61)
     decided_id = ask(w)                           # already decided in the portal
-    service.decide_in_portal(user=w.approver, request_id=decided_id, decision="allow",
+    decisions.decide_in_portal(user=w.approver, request_id=decided_id, decision="allow",
                              actor=CLI, now=utcnow())
     db.session.commit()
     configure(w.qa, is_confirmation_shown=False)
@@ -255,10 +256,10 @@ def test_only_an_approved_request_starts_a_session(client, w, state):
         age(rid, 61)
     elif state == "timed_out":
         age(rid, 181)
-        service.expire_overdue(utcnow())
+        decisions.expire_overdue(utcnow())
         db.session.commit()
     elif state == "cancelled":
-        service.cancel_request(user=w.tech, request_id=rid, actor=CLI, now=utcnow())
+        decisions.cancel_request(user=w.tech, request_id=rid, actor=CLI, now=utcnow())
         db.session.commit()
     assert_error(start(client, w.device_token, rid), 409)
     assert db.session.scalar(select(func.count(RemoteSession.id))) == 0

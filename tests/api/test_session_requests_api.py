@@ -26,6 +26,7 @@ from sqlalchemy import func, select, update
 from portal.extensions import db
 from portal.models import ApiToken, SessionRequest, User
 from portal.services import accounts, departments
+from portal.services import decisions
 from portal.services import requests as service
 from portal.services.actors import CLI, Actor
 
@@ -213,7 +214,7 @@ def test_wait_answers_soon_after_another_thread_decides(app, client, w):
             time.sleep(0.5)
             with app.app_context():
                 approver = db.session.get(User, approver_id)
-                service.decide_in_portal(user=approver, request_id=rid, decision="deny",
+                decisions.decide_in_portal(user=approver, request_id=rid, decision="deny",
                                          actor=Actor.for_user(approver), now=utcnow())
                 decided.append(time.monotonic())  # the GET can't see it before this
                 db.session.commit()
@@ -305,7 +306,7 @@ def test_the_checks_and_seconds_left_follow_the_clock(client, w):
 def test_an_approvers_comment_is_the_decision_reason(client, w):
     with_email(w)
     rid = ask(client, w).get_json()["id"]
-    service.decide_in_portal(user=w.approver, request_id=rid, decision="allow",
+    decisions.decide_in_portal(user=w.approver, request_id=rid, decision="allow",
                              actor=CLI, now=utcnow(), comment="Go ahead")
     db.session.commit()
     obj = client.get(f"{URL}/{rid}", headers=bearer(w.tech_token)).get_json()

@@ -16,7 +16,7 @@ from portal.extensions import db
 from portal.models import AuditEvent, LoginSession, Membership, User
 from portal.services import accounts, crypto
 from portal.services.actors import CLI
-from portal.services.errors import InvalidInputError, ThrottledError
+from portal.domain.errors import InvalidInputError, ThrottledError
 
 EMAIL = "tech@example.com"
 IP = "192.0.2.7"

@@ -13,7 +13,7 @@ from portal.extensions import db
 from portal.models import AuditEvent, DepartmentSettings, Exclusion
 from portal.services import departments
 from portal.services.actors import Actor
-from portal.services.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 
 LATER = NOW + timedelta(minutes=5)
 

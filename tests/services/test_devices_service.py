@@ -13,7 +13,7 @@ from portal.extensions import db
 from portal.models import ApiToken, AuditEvent, Device, DeviceGroup, Exclusion
 from portal.services import accounts, departments, devices
 from portal.services.actors import CLI, Actor
-from portal.services.errors import InvalidInputError, NotFoundError
+from portal.domain.errors import InvalidInputError, NotFoundError
 
 LATER = NOW + timedelta(minutes=5)
 ADMIN = Actor(label="qa-admin@example.com", client_ip="192.0.2.20")

@@ -15,7 +15,8 @@ from conftest import NOW, PASSWORD
 from sqlalchemy import func, select
 
 from portal.extensions import db
-from portal.jobs import deliver_mail, utcnow
+from portal.clock import SystemClock
+from portal.jobs import deliver_mail, deliver_outbox
 from portal.models import ApprovalLink, AuditEvent, OutboxMessage, SessionRequest
 from portal.services import accounts, departments
 from portal.services import mail as outbox
@@ -24,6 +25,8 @@ from portal.services.actors import CLI
 DEVICE = "WIN-0859G9I39J0"
 R1, R2 = "first-approver@example.com", "second-approver@example.com"
 SENDER = "Session Gate <gate@portal.test>"
+
+utcnow = SystemClock()
 
 
 # --- a real SMTP server -----------------------------------------------------------------
@@ -171,7 +174,7 @@ def count_events(action, outcome=None):
 def deliver_later(app, seconds):
     """A delivery run `seconds` from now (the job itself, at a later clock)."""
     with app.app_context():
-        report = outbox.deliver_outbox(utcnow() + timedelta(seconds=seconds))
+        report = deliver_outbox(utcnow() + timedelta(seconds=seconds))
         db.session.commit()
         db.session.remove()
     return report
@@ -217,12 +220,20 @@ def test_each_recipient_gets_one_email_and_the_first_allow_wins(app, client, smt
     assert f'href="http://portal.test{path}"' in html and ">Check Request</a>" in html
     assert link_path(smtp.handler.received_by(R2)[0]) != path
 
-    # A mail scanner (or the recipient) opening the link changes nothing.
+    # A mail scanner (or the recipient) opening the link decides nothing: HEAD writes
+    # nothing at all, the first GET only records that the link was opened, later GETs
+    # write nothing.
     before = snapshot(request_id)
     assert client.head(path).status_code == 200
+    assert snapshot(request_id) == before
     page = client.get(path)
     assert page.status_code == 200 and "Allow Session" in page.get_data(as_text=True)
-    assert snapshot(request_id) == before
+    opened = snapshot(request_id)
+    assert [link["first_opened_at"] is not None for link in opened["links"]] == [True, False]
+    assert [{**link, "first_opened_at": None} for link in opened["links"]] == before["links"]
+    assert opened["request"] == before["request"] and opened["decisions"] == 0
+    assert client.get(path).status_code == 200
+    assert snapshot(request_id) == opened
     assert before["request"]["status"] == "pending"
     assert before["request"]["decided_by"] is None and before["decisions"] == 0
 

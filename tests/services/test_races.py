@@ -13,12 +13,16 @@ import pytest
 from conftest import NOW
 from sqlalchemy import func, select
 
+from portal import unit_of_work
+from portal.domain.errors import AlreadyDecidedError, ExpiredError
 from portal.extensions import db
 from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest, User
 from portal.services import accounts, departments, mail
+from portal.services import decisions
 from portal.services import requests as service
 from portal.services.actors import CLI, SYSTEM, Actor
 from portal.services.audit import record_event, verify_audit_chain
+from portal.web.errors import status_of
 
 pytestmark = [
     pytest.mark.postgres,
@@ -65,7 +69,7 @@ def new_request(created_at=NOW):
 def run_together(app, contenders: dict) -> dict:
     """Run each contender in its own thread and app context. A contender is
     `prepare() -> act`: prepare loads what it needs, then all `act()` at once after the
-    barrier. The result is "won", a DecisionError's status, or an unexpected exception."""
+    barrier. The result is "won", a refusal's HTTP status, or an unexpected exception."""
     barrier = threading.Barrier(len(contenders))
     results: dict = {}
 
@@ -77,9 +81,9 @@ def run_together(app, contenders: dict) -> dict:
                 act()
                 db.session.commit()
                 results[name] = "won"
-            except service.DecisionError as exc:
-                db.session.commit()  # as the views do: keep an expiry it may have written
-                results[name] = exc.status
+            except (AlreadyDecidedError, ExpiredError) as exc:
+                unit_of_work.finish(succeeded=False)  # keeps an expiry it may have written
+                results[name] = status_of(exc)
             except Exception as exc:  # noqa: BLE001 - reported by the assertions
                 db.session.rollback()
                 results[name] = exc
@@ -107,22 +111,22 @@ def decided_events(request_id):
 def contenders_for(request_id, tokens, now):
     def end_user_accepts():
         device = db.session.scalar(select(Device).where(Device.name == DEVICE))
-        return lambda: service.decide_by_end_user(
+        return lambda: decisions.decide_by_end_user(
             device=device, request_id=request_id, decision="accept",
             actor=Actor(label=f"device:{DEVICE}"), now=now)
 
     def link(recipient, decision):
         def prepare():
             signed_in = user(recipient)
-            return lambda: service.decide_with_link(
-                link=service.find_link(tokens[recipient]), decision=decision,
+            return lambda: decisions.decide_with_link(
+                link=decisions.find_link(tokens[recipient]), decision=decision,
                 signed_in=signed_in,
                 actor=Actor.for_user(signed_in), now=now)
         return prepare
 
     def portal_denies():
         approver = user(PORTAL_APPROVER)
-        return lambda: service.decide_in_portal(
+        return lambda: decisions.decide_in_portal(
             user=approver, request_id=request_id, decision="deny",
             actor=Actor.for_user(approver), now=now)
 
@@ -171,7 +175,7 @@ def test_concurrent_allow_and_deny_by_two_portal_approvers(app, qa):
         def portal(email, decision):
             def prepare():
                 approver = user(email)
-                return lambda: service.decide_in_portal(
+                return lambda: decisions.decide_in_portal(
                     user=approver, request_id=request_id, decision=decision,
                     actor=Actor.for_user(approver), now=created + timedelta(seconds=1))
             return prepare
@@ -197,7 +201,7 @@ def test_concurrent_expiry_sweeps_move_each_request_once(app, qa):
         def sweeper(name):
             def prepare():
                 def act():
-                    swept[name] = service.expire_overdue(created + timedelta(minutes=30))
+                    swept[name] = decisions.expire_overdue(created + timedelta(minutes=30))
                 return act
             return prepare
 

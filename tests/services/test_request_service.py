@@ -14,9 +14,18 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.models import ApprovalLink, AuditEvent, OutboxMessage, SessionRequest
 from portal.services import agents, crypto, departments
+from portal.services import decisions
 from portal.services import requests as service
 from portal.services.actors import CLI, SYSTEM, Actor
-from portal.services.errors import ForbiddenError, InvalidInputError, NotFoundError
+from portal import unit_of_work
+from portal.domain.errors import (
+    AlreadyDecidedError,
+    ExpiredError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    SignInRequiredError,
+)
 
 NOW = datetime(2026, 11, 22, 10, 15, 30, 123000, tzinfo=timezone.utc)
 SECOND = timedelta(seconds=1)
@@ -94,7 +103,7 @@ def approver_actor(user):
 
 def allow_link(w, req, token, now, decision="allow", signed_in="recipient"):
     user = w.approver if signed_in == "recipient" else signed_in
-    return service.decide_with_link(link=service.find_link(token), decision=decision, signed_in=user,
+    return decisions.decide_with_link(link=decisions.find_link(token), decision=decision, signed_in=user,
                                     actor=approver_actor(w.approver), now=now)
 
 
@@ -155,7 +164,7 @@ def test_email_authorization_stores_only_hashes_and_queues_one_mail_per_recipien
         assert re.fullmatch(r"[A-Za-z0-9_\-]{22,}", token)  # >= 128 bits, URL-safe
         assert token != link.token_hash and token not in link.token_hash
         assert link.token_hash == crypto.keyed_hash(token)
-        assert service.find_link(token).id == link.id
+        assert decisions.find_link(token).id == link.id
     assert raw[RECIPIENTS[0]] != raw[RECIPIENTS[1]]
     message = db.session.scalars(select(OutboxMessage)).first()
     assert message.subject == "Remote session request for WIN-0859G9I39J0"
@@ -198,7 +207,7 @@ def test_too_long_or_odd_input_is_invalid_and_nothing_is_written(w, field, value
 def test_the_end_user_decides(w, decision, status, check):
     both_checks(w)
     req = create(w)
-    service.decide_by_end_user(device=w.device, request_id=req.id, decision=decision,
+    decisions.decide_by_end_user(device=w.device, request_id=req.id, decision=decision,
                                actor=Actor(label="device:WIN-0859G9I39J0"),
                                now=NOW + 5 * SECOND)
     db.session.commit()
@@ -224,15 +233,74 @@ def test_a_link_needs_its_signed_in_recipient_unless_the_department_waives_it(w)
     both_checks(w)
     req = create(w)
     token = tokens(req)[w.approver.email]
-    with pytest.raises(service.SignInRequiredError):
+    with pytest.raises(SignInRequiredError):
         allow_link(w, req, token, NOW, signed_in=None)
     with pytest.raises(ForbiddenError):
         allow_link(w, req, token, NOW, signed_in=w.second)  # another recipient
     assert reload(req).status == "pending"
     configure(w.qa, is_sign_in_required_to_decide=False)
-    allow_link(w, req, token, NOW, signed_in=None)
+    waived = create(w, device=w.device)
+    allow_link(w, waived, tokens(waived)[w.approver.email], NOW, signed_in=None)
     db.session.commit()
-    assert reload(req).decided_by == "approver@example.com"
+    assert reload(waived).decided_by == "approver@example.com"
+
+
+def test_turning_sign_in_off_never_loosens_a_link_already_sent(w):
+    both_checks(w)
+    strict = create(w)
+    configure(w.qa, is_sign_in_required_to_decide=False)
+    with pytest.raises(SignInRequiredError):  # mailed while sign-in was required
+        allow_link(w, strict, tokens(strict)[w.approver.email], NOW + SECOND, signed_in=None)
+    assert reload(strict).status == "pending"
+    waived = create(w, now=NOW + SECOND)
+    configure(w.qa, is_sign_in_required_to_decide=True)
+    with pytest.raises(SignInRequiredError):  # the stricter of the link's rule and today's
+        allow_link(w, waived, tokens(waived)[w.approver.email], NOW + SECOND, signed_in=None)
+    allow_link(w, strict, tokens(strict)[w.approver.email], NOW + 2 * SECOND)
+    db.session.commit()
+    assert (reload(strict).status, reload(waived).status) == ("approved", "pending")
+
+
+@pytest.mark.parametrize("signed_in", ["recipient", None])
+def test_removing_a_recipient_ends_their_pending_links(w, signed_in):
+    both_checks(w, is_sign_in_required_to_decide=signed_in is not None)
+    req = create(w)
+    removed, kept = tokens(req)[w.approver.email], tokens(req)[w.second.email]
+    configure(w.qa, email_recipients=w.second.email)
+    with pytest.raises(ForbiddenError, match="no longer"):
+        allow_link(w, req, removed, NOW + SECOND, signed_in=signed_in)
+    assert reload(req).status == "pending"
+    decisions.decide_with_link(link=decisions.find_link(kept), decision="deny",
+                               signed_in=w.second if signed_in else None,
+                               actor=approver_actor(w.second), now=NOW + SECOND)
+    db.session.commit()
+    assert (reload(req).status, reload(req).decided_by) == ("denied", w.second.email)
+
+
+def test_nobody_decides_their_own_request(make, w):
+    """A technician who is also an approver and a recipient gets 403 on their own
+    request, in the portal and by link (signed in, or with sign-in waived)."""
+    both_checks(w)
+    make.user(w.tech.email, "approver", w.qa)
+    configure(w.qa, email_recipients=f"{w.tech.email}, {w.approver.email}")
+    req = create(w)
+    own_link = tokens(req)[w.tech.email]
+    with pytest.raises(ForbiddenError, match="own request"):
+        decisions.decide_in_portal(user=w.tech, request_id=req.id, decision="allow",
+                                   actor=approver_actor(w.tech), now=NOW + SECOND)
+    with pytest.raises(ForbiddenError, match="own request"):
+        allow_link(w, req, own_link, NOW + SECOND, signed_in=w.tech)
+    configure(w.qa, is_sign_in_required_to_decide=False)
+    waived = create(w, now=NOW + SECOND)
+    with pytest.raises(ForbiddenError, match="own request"):
+        allow_link(w, waived, tokens(waived)[w.tech.email], NOW + 2 * SECOND,
+                   signed_in=None)
+    assert (reload(req).status, reload(waived).status) == ("pending", "pending")
+    # Anybody else still decides it.
+    decisions.decide_in_portal(user=w.approver, request_id=req.id, decision="allow",
+                               actor=approver_actor(w.approver), now=NOW + 2 * SECOND)
+    db.session.commit()
+    assert reload(req).status == "approved"
 
 
 @pytest.mark.parametrize("role, allowed", [("approver", True), ("department_admin", True),
@@ -245,7 +313,7 @@ def test_deciding_in_the_portal_needs_an_approver(make, w, role, allowed):
     user = make.user("decider@example.com", role.split("@")[0], department)
 
     def decide():
-        service.decide_in_portal(user=user, request_id=req.id, decision="deny",
+        decisions.decide_in_portal(user=user, request_id=req.id, decision="deny",
                                  actor=approver_actor(user), now=NOW + SECOND,
                                  comment="Not during the audit")
     if not allowed:
@@ -268,20 +336,20 @@ def test_the_first_decision_wins_and_later_ones_change_nothing(w):
     db.session.commit()
     later = NOW + 20 * SECOND
     attempts = [
-        lambda: service.decide_in_portal(user=w.second, request_id=req.id, decision="deny",
+        lambda: decisions.decide_in_portal(user=w.second, request_id=req.id, decision="deny",
                                          actor=approver_actor(w.second), now=later),
-        lambda: service.decide_with_link(link=service.find_link(raw[w.second.email]),
+        lambda: decisions.decide_with_link(link=decisions.find_link(raw[w.second.email]),
                                          decision="deny", signed_in=w.second,
                                          actor=approver_actor(w.second), now=later),
-        lambda: service.decide_by_end_user(device=w.device, request_id=req.id,
+        lambda: decisions.decide_by_end_user(device=w.device, request_id=req.id,
                                            decision="decline", actor=CLI, now=later),
-        lambda: service.cancel_request(user=w.tech, request_id=req.id, actor=CLI,
+        lambda: decisions.cancel_request(user=w.tech, request_id=req.id, actor=CLI,
                                        now=later),
     ]
     for attempt in attempts:
-        with pytest.raises(service.DecisionError) as exc:
+        with pytest.raises(AlreadyDecidedError) as exc:
             attempt()
-        assert (exc.value.status, exc.value.code) == (409, "already_decided")
+        assert exc.value.code == "already_decided"
         db.session.rollback()
     req = reload(req)
     assert (req.status, req.decided_by, req.decided_at, req.email_check) == (
@@ -295,16 +363,16 @@ def test_a_decision_at_or_after_expires_at_is_410_and_the_request_times_out(w, h
     both_checks(w)
     req = create(w)
     at = req.expires_at + late
-    with pytest.raises(service.DecisionError) as exc:
+    with pytest.raises(ExpiredError) as exc:
         if how == "portal":
-            service.decide_in_portal(user=w.approver, request_id=req.id, decision="allow",
+            decisions.decide_in_portal(user=w.approver, request_id=req.id, decision="allow",
                                      actor=CLI, now=at)
         elif how == "link":
             allow_link(w, req, tokens(req)[w.approver.email], at)
         else:
-            service.cancel_request(user=w.tech, request_id=req.id, actor=CLI, now=at)
-    assert (exc.value.status, exc.value.code, exc.value.expired) == (410, "expired", True)
-    db.session.commit()  # as the views do: keep the timed_out mark
+            decisions.cancel_request(user=w.tech, request_id=req.id, actor=CLI, now=at)
+    assert exc.value.code == "expired"
+    unit_of_work.finish(succeeded=False)  # as a request ends: the timed_out mark is kept
     req = reload(req)
     assert (req.status, req.decided_at, req.decided_by) == ("timed_out", at, None)
     assert [e.action for e in request_events(req)].count("request.timed_out") == 1
@@ -314,11 +382,10 @@ def test_the_end_user_is_late_at_their_own_deadline_while_email_still_decides(w)
     both_checks(w)
     req = create(w)
     for late in (timedelta(0), SECOND):
-        with pytest.raises(service.DecisionError) as exc:
-            service.decide_by_end_user(device=w.device, request_id=req.id,
-                                       decision="accept", actor=CLI,
-                                       now=req.end_user_deadline + late)
-        assert exc.value.status == 410
+        with pytest.raises(ExpiredError):
+            decisions.decide_by_end_user(device=w.device, request_id=req.id,
+                                         decision="accept", actor=CLI,
+                                         now=req.end_user_deadline + late)
         db.session.rollback()
     assert reload(req).status == "pending"
     allow_link(w, req, tokens(req)[w.approver.email], req.end_user_deadline + SECOND)
@@ -333,16 +400,15 @@ def test_only_the_own_technician_cancels_and_only_while_pending(w):
     both_checks(w)
     req = create(w)
     with pytest.raises(NotFoundError):
-        service.cancel_request(user=w.tech2, request_id=req.id, actor=CLI, now=NOW)
-    service.cancel_request(user=w.tech, request_id=req.id,
+        decisions.cancel_request(user=w.tech2, request_id=req.id, actor=CLI, now=NOW)
+    decisions.cancel_request(user=w.tech, request_id=req.id,
                            actor=Actor.for_user(w.tech, "192.0.2.10"), now=NOW + SECOND)
     db.session.commit()
     req = reload(req)
     assert (req.status, req.decided_at, req.decided_by) == ("cancelled", NOW + SECOND, None)
-    with pytest.raises(service.DecisionError) as exc:
-        service.cancel_request(user=w.tech, request_id=req.id, actor=CLI,
-                               now=NOW + 2 * SECOND)
-    assert exc.value.status == 409
+    with pytest.raises(AlreadyDecidedError):
+        decisions.cancel_request(user=w.tech, request_id=req.id, actor=CLI,
+                                 now=NOW + 2 * SECOND)
 
 
 # --- expiry -------------------------------------------------------------------------------
@@ -354,10 +420,10 @@ def test_expire_overdue_moves_only_overdue_pending_requests_once(w):
     exactly_due = create(w, now=NOW - 180 * SECOND)
     open_one = create(w, now=NOW - 100 * SECOND)
     decided = create(w, now=NOW - 300 * SECOND)
-    service.cancel_request(user=w.tech, request_id=decided.id, actor=CLI,
+    decisions.cancel_request(user=w.tech, request_id=decided.id, actor=CLI,
                            now=NOW - 290 * SECOND)
     db.session.commit()
-    expired = service.expire_overdue(NOW)
+    expired = decisions.expire_overdue(NOW)
     db.session.commit()
     assert sorted(expired) == sorted([overdue.id, exactly_due.id])
     assert [reload(r).status for r in (overdue, exactly_due, open_one, decided)] == [
@@ -366,7 +432,7 @@ def test_expire_overdue_moves_only_overdue_pending_requests_once(w):
     for req in (overdue, exactly_due):
         events = [e for e in request_events(req) if e.action == "request.timed_out"]
         assert len(events) == 1 and events[0].actor == SYSTEM.label
-    assert service.expire_overdue(NOW + SECOND) == []
+    assert decisions.expire_overdue(NOW + SECOND) == []
     db.session.commit()
     assert count(AuditEvent, AuditEvent.action == "request.timed_out") == 2
 
@@ -382,9 +448,9 @@ def test_mail_of_a_finished_request_is_cancelled_and_loses_its_token(w, end):
     if end == "decided":
         allow_link(w, req, raw[w.approver.email], NOW + SECOND, "deny")
     elif end == "cancelled":
-        service.cancel_request(user=w.tech, request_id=req.id, actor=CLI, now=NOW + SECOND)
+        decisions.cancel_request(user=w.tech, request_id=req.id, actor=CLI, now=NOW + SECOND)
     else:
-        service.expire_overdue(req.expires_at)
+        decisions.expire_overdue(req.expires_at)
     db.session.commit()
     db.session.expire_all()
     messages = db.session.scalars(select(OutboxMessage)).all()

@@ -11,14 +11,17 @@ import pytest
 from conftest import NOW, PASSWORD
 from sqlalchemy import func, select, update
 
+from portal.clock import SystemClock
 from portal.extensions import db
-from portal.jobs import SchedulerLock, build_scheduler, utcnow
+from portal.jobs import SchedulerLock, build_scheduler
 from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest
 from portal.services import accounts, departments
 from portal.services import mail as outbox
 from portal.services import requests as service
 from portal.services.actors import CLI
 from portal.services.audit import verify_audit_chain
+
+utcnow = SystemClock()
 
 DEVICE = "WIN-0859G9I39J0"
 APPROVER = "approver@example.com"

@@ -18,7 +18,9 @@ from portal.models import ApprovalLink, AuditEvent, OutboxMessage, SessionReques
 from portal.services import accounts, departments, mail
 from portal.services import requests as service
 from portal.services.actors import CLI
-from portal.web.common import utcnow
+from portal.clock import SystemClock
+
+utcnow = SystemClock()
 
 DEVICE, OPS_DEVICE = "WIN-0859G9I39J0", "OPS-SRV-01"
 R1, R2 = "first-approver@example.com", "second-approver@example.com"
@@ -160,9 +162,18 @@ def test_page_shows_the_request_and_needs_a_click_to_decide(client, qa):
     assert [a["hx-trigger"] for _, a in page.tags if "hx-trigger" in a] == ["every 2s"]
     assert not [a for t, a in page.tags if t == "meta" and a.get("http-equiv")]
 
+    # The first GET records the opening of that link once and changes nothing else; a
+    # HEAD, and every later GET (anyone holding the link can repeat it), write nothing.
+    opened = snapshot(request_id)
+    assert (opened[0], opened[2]) == (before[0], before[2])
+    assert [(link["recipient_email"], link["first_opened_at"] is not None)
+            for link in opened[1]] == [(R1, True), (R2, False)]
+    assert [{**link, "first_opened_at": None} for link in opened[1]] == before[1]
     head = client.head(links[R1])
     assert (head.status_code, head.headers["Cache-Control"]) == (200, "no-store")
-    assert snapshot(request_id) == before
+    for _ in range(3):
+        assert client.get(links[R1]).status_code == 200
+    assert snapshot(request_id) == opened and events("link.opened") == 1
 
 
 def test_anonymous_post_goes_to_sign_in_and_back_to_the_page(app, client, qa):

@@ -1,8 +1,8 @@
 """The approval page from the email's "Check Request" link.
 
-GET and HEAD never change anything (mail scanners fetch every link); deciding takes a
-human click on a CSRF-protected POST form, and — with "Approvers must sign in to decide"
-on — the signed-in recipient.
+GET and HEAD never decide (mail scanners fetch every link); the first GET of a link is
+recorded once. Deciding takes a human click on a CSRF-protected POST form, and — under the
+stricter of the link's own rule and today's setting — the signed-in recipient.
 """
 from __future__ import annotations
 
@@ -11,21 +11,34 @@ from dataclasses import asdict
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from portal.extensions import db
-from portal.services import requests as service
-from portal.services.audit import record_event
-from portal.services.errors import ForbiddenError, InvalidInputError, NotFoundError
+from portal.domain.errors import (
+    AlreadyDecidedError,
+    ExpiredError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    SignInRequiredError,
+)
+from portal.services import decisions, requests as service
 from portal.services.actors import Actor
 from portal.web.common import client_ip, current_actor, utcnow
+from portal.web.errors import status_of
 
 bp = Blueprint("approvals", __name__, url_prefix="/approvals")
 
+
+def _signed_in():
+    return current_user if current_user.is_authenticated else None
+
+
 def _context(link, now, **extra):
     req = link.request
-    signed_in = current_user if current_user.is_authenticated else None
+    signed_in = _signed_in()
     return {
         "link": link, "req": req, **asdict(service.reading(req, now)),
-        "sign_in_required": req.department.settings.is_sign_in_required_to_decide,
+        "sign_in_required": decisions.is_sign_in_required(link),
+        "is_link_current": decisions.is_link_current(link),
+        "is_own_request": decisions.is_own_request(req, signed_in, link.recipient_email),
         "signed_in": signed_in,
         "is_recipient": bool(signed_in and signed_in.email.lower()
                              == link.recipient_email.lower()),
@@ -39,15 +52,15 @@ def _page(template: str, http_status: int = 200, **context):
     return response
 
 
-def _unknown():
-    return _page("approvals/unknown.html", 404)
-
-
 def _find(token: str):
     try:
-        return service.find_link(token)
+        return decisions.find_link(token)
     except NotFoundError:
         return None
+
+
+def _unknown():
+    return _page("approvals/unknown.html", 404)
 
 
 @bp.route("/<token>", methods=["GET"])
@@ -57,14 +70,11 @@ def show(token: str):
         return _unknown()
     now = utcnow()
     if request.method == "GET":  # HEAD records nothing at all
-        record_event(actor=Actor(label=current_user.email if current_user.is_authenticated
-                                 else "anonymous", client_ip=client_ip()),
-                     action="link.opened", target_type="session_request",
-                     target_id=link.request_id, department_id=link.request.department_id,
-                     now=now, details={"request_id": link.request_id,
-                                       "recipient": link.recipient_email,
-                                       "user_agent": request.headers.get("User-Agent", "")[:200]})
-        db.session.commit()
+        signed_in = _signed_in()
+        decisions.record_link_opened(
+            link=link, now=now, user_agent=request.headers.get("User-Agent", ""),
+            actor=Actor(label=signed_in.email if signed_in else "anonymous",
+                        user_id=signed_in.id if signed_in else None, client_ip=client_ip()))
     return _page("approvals/show.html", **_context(link, now))
 
 
@@ -83,26 +93,21 @@ def decide(token: str):
     if link is None:
         return _unknown()
     now = utcnow()
-    signed_in = current_user if current_user.is_authenticated else None
+    signed_in = _signed_in()
     try:
-        service.decide_with_link(link=link, decision=request.form.get("decision", ""),
-                                 signed_in=signed_in, comment=request.form.get("comment"),
-                                 actor=current_actor() if signed_in else
-                                 Actor(label=link.recipient_email, client_ip=client_ip()),
-                                 now=now, user_agent=request.headers.get("User-Agent", ""))
-    except service.SignInRequiredError:
-        db.session.rollback()
+        decisions.decide_with_link(
+            link=link, decision=request.form.get("decision", ""), signed_in=signed_in,
+            comment=request.form.get("comment"),
+            actor=current_actor() if signed_in else
+            Actor(label=link.recipient_email, client_ip=client_ip()),
+            now=now, user_agent=request.headers.get("User-Agent", ""))
+    except SignInRequiredError:
         return redirect(url_for("auth.login", next=url_for("approvals.show", token=token)),
                         code=303)
-    except ForbiddenError as exc:
-        db.session.rollback()
-        return _page("approvals/show.html", 403, **_context(link, now, error=exc.message))
-    except InvalidInputError as exc:
-        db.session.rollback()
-        return _page("approvals/show.html", 400, **_context(link, now, error=exc.message))
-    except service.DecisionError as exc:
-        db.session.commit()  # an overdue request was just marked timed out: keep that
-        return _page("approvals/show.html", exc.status,
+    except (ForbiddenError, InvalidInputError, AlreadyDecidedError, ExpiredError) as exc:
+        # The page itself, saying why; the unit of work keeps only what must stay (a
+        # late decision's "timed out").
+        http_status = 400 if isinstance(exc, InvalidInputError) else status_of(exc)
+        return _page("approvals/show.html", http_status,
                      **_context(link, now, error=exc.message))
-    db.session.commit()  # `link` reloads what was committed when the page reads it
     return _page("approvals/show.html", 200, **_context(link, now, just_decided=True))

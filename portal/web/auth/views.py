@@ -4,9 +4,8 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 
-from portal.extensions import db
+from portal.domain.errors import InvalidInputError, ThrottledError
 from portal.services import accounts
-from portal.services.errors import InvalidInputError, ThrottledError
 from portal.web.auth.forms import SignInForm
 from portal.web.common import client_ip, safe_next, utcnow
 
@@ -29,14 +28,11 @@ def login():
                 result = accounts.sign_in(email=form.email.data, password=form.password.data,
                                           client_ip=client_ip(), now=utcnow())
             except ThrottledError as exc:
-                db.session.commit()  # keep the audit event
                 form.email.errors = [exc.message]
                 status = 429
             except InvalidInputError as exc:
-                db.session.commit()  # keep the failure count and the audit event
                 form.email.errors = exc.field_errors["email"]
             else:
-                db.session.commit()
                 session.clear()  # a fresh session: nothing carried over from before sign-in
                 login_user(result.user)
                 return redirect(destination, code=303)
@@ -48,7 +44,6 @@ def login():
 def logout():
     accounts.sign_out(user=current_user, session_token=current_user.get_id(),
                       client_ip=client_ip(), now=utcnow())
-    db.session.commit()
     logout_user()
     session.clear()
     flash("You have signed out.", "info")

@@ -1,13 +1,13 @@
-"""Departments: list, create, rename; settings; exclusions."""
+"""Departments: list, create, rename; settings; exclusions; the audit log."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template, request, url_for
+from flask import Blueprint, current_app, make_response, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
-from portal.extensions import db
-from portal.services import authz, departments as service
-from portal.services.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.domain.permissions import Action
+from portal.services import audit, authz, departments as service
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -23,15 +23,16 @@ bp = Blueprint("departments", __name__, url_prefix="/departments")
 
 
 def _require_admin() -> None:
-    if not current_user.is_admin:
-        abort(403)
+    authz.require(current_user, Action.ADMINISTER,
+                  message="Only administrators create and rename departments.")
 
 
 @bp.get("")
 @login_required
 def index():
     return render_template("departments/index.html", form=DepartmentForm(),
-                           departments=authz.departments_of(current_user))
+                           departments=authz.departments_of(current_user),
+                           can_administer=authz.can_anywhere(current_user, Action.ADMINISTER))
 
 
 @bp.post("")
@@ -44,14 +45,13 @@ def create():
             department = service.create_department(name=form.name.data, actor=current_actor(),
                                                    now=utcnow())
         except (InvalidInputError, ConflictError) as exc:
-            db.session.rollback()
             apply_errors(form, getattr(exc, "field_errors", {"name": [exc.message]}))
         else:
-            db.session.commit()
             return done(f"Department “{department.name}” created.",
                         url_for("departments.settings", department_id=department.id))
     return render_template("departments/index.html", form=form,
-                           departments=authz.departments_of(current_user)), 422
+                           departments=authz.departments_of(current_user),
+                           can_administer=True), 422
 
 
 @bp.route("/<int:department_id>/edit", methods=["GET", "POST"])
@@ -68,10 +68,8 @@ def edit(department_id: int):
                 service.rename_department(department=department, name=form.name.data,
                                           actor=current_actor(), now=utcnow())
             except InvalidInputError as exc:
-                db.session.rollback()
                 apply_errors(form, exc.field_errors)
             else:
-                db.session.commit()
                 return done("Department renamed.",
                             url_for("departments.settings", department_id=department.id))
     return render_template("departments/edit.html", department=department, form=form), status
@@ -81,7 +79,7 @@ def edit(department_id: int):
 
 
 def _settings_context(department, form, exclusion_form=None):
-    can_manage = authz.can(current_user, authz.MANAGE, department.id)
+    can_manage = authz.can(current_user, Action.MANAGE, department.id)
     return {
         "department": department,
         "form": form,
@@ -111,11 +109,11 @@ def _exclusion_form(department, formdata=None) -> ExclusionForm:
 @login_required
 def settings(department_id: int):
     if request.method == "GET":
-        department = department_or_403(department_id, authz.VIEW)
+        department = department_or_403(department_id, Action.VIEW)
         form = SettingsForm(data=service.settings_values(department.settings))
         return render_template("departments/settings.html",
                                **_settings_context(department, form))
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     form = SettingsForm()
     message = None
     if form.validate_on_submit():
@@ -123,10 +121,8 @@ def settings(department_id: int):
             changes = service.update_settings(department=department, values=form.values(),
                                               actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
-            db.session.rollback()
             apply_errors(form, exc.field_errors)
         else:
-            db.session.commit()
             message = (f"Settings saved ({len(changes)} change{'s' if len(changes) != 1 else ''})."
                        if changes else "No changes to save.")
             if not is_htmx():
@@ -149,7 +145,7 @@ def settings(department_id: int):
 
 def _exclusions_fragment(department, *, status=200, message=None, category="success",
                          exclusion_form=None):
-    can_manage = authz.can(current_user, authz.MANAGE, department.id)
+    can_manage = authz.can(current_user, Action.MANAGE, department.id)
     return fragment(
         "departments/_exclusions.html", status=status, flash_message=message,
         category=category, department=department,
@@ -163,14 +159,14 @@ def _exclusions_fragment(department, *, status=200, message=None, category="succ
 @bp.get("/<int:department_id>/exclusions")
 @login_required
 def exclusions(department_id: int):
-    department = department_or_403(department_id, authz.VIEW)
+    department = department_or_403(department_id, Action.VIEW)
     return _exclusions_fragment(department)
 
 
 @bp.post("/<int:department_id>/exclusions")
 @login_required
 def add_exclusion(department_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     form = _exclusion_form(department, formdata=request.form)
     settings_url = url_for("departments.settings", department_id=department.id,
                            _anchor="exclusions")
@@ -179,10 +175,8 @@ def add_exclusion(department_id: int):
             exclusion = service.add_exclusion(department=department, target=form.target.data,
                                               actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
-            db.session.rollback()
             apply_errors(form, exc.field_errors)
         else:
-            db.session.commit()
             name = (exclusion.device or exclusion.group).name
             message = f"“{name}” excluded from session confirmation."
             if is_htmx():
@@ -200,16 +194,14 @@ def add_exclusion(department_id: int):
 @bp.post("/<int:department_id>/exclusions/<int:exclusion_id>/delete")
 @login_required
 def remove_exclusion(department_id: int, exclusion_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     try:
         name = service.remove_exclusion(department=department, exclusion_id=exclusion_id,
                                         actor=current_actor(), now=utcnow())
     except NotFoundError as exc:
-        db.session.rollback()
         if is_htmx():
             return _exclusions_fragment(department, message=exc.message, category="error")
         raise
-    db.session.commit()
     message = f"“{name}” is no longer excluded."
     if is_htmx():
         return _exclusions_fragment(department, message=message)
@@ -217,4 +209,22 @@ def remove_exclusion(department_id: int, exclusion_id: int):
                                  _anchor="exclusions"))
 
 
-from portal.web.departments import audit as _audit_views  # noqa: E402,F401  (routes on bp)
+
+# --- audit log -----------------------------------------------------------------------
+
+
+@bp.get("/<int:department_id>/audit")
+@login_required
+def audit_log(department_id: int):
+    """A department's audit log for auditors and admins: read-only, newest first, a page
+    at a time by key; `?request=<id>` reads back one request's whole story."""
+    department = department_or_403(department_id, Action.VIEW)
+    before = request.args.get("before", type=int)
+    request_id = request.args.get("request", type=int)
+    page = audit.list_events(department_id=department.id, before=before,
+                             request_id=request_id, limit=current_app.config["PAGE_SIZE"] * 2)
+    response = make_response(render_template(
+        "departments/audit.html", department=department, events=page.items,
+        next_before=page.next_after, before=before, request_id=request_id))
+    response.headers["Cache-Control"] = "no-store"
+    return response

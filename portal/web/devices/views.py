@@ -5,9 +5,9 @@ from flask import Blueprint, current_app, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
-from portal.extensions import db
+from portal.domain.errors import InvalidInputError
+from portal.domain.permissions import Action
 from portal.services import authz, devices as service
-from portal.services.errors import InvalidInputError
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -41,19 +41,19 @@ def _list_page(department, form, status=200):
                                 limit=current_app.config["PAGE_SIZE"])
     return render_template(
         "devices/index.html", department=department, form=form, page=page, after=after,
-        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+        can_manage=authz.can(current_user, Action.MANAGE, department.id),
     ), status
 
 
 @bp.get("/devices")
 def index(department_id: int):
-    department = department_or_403(department_id, authz.VIEW)
+    department = department_or_403(department_id, Action.VIEW)
     return _list_page(department, _device_form(department))
 
 
 @bp.post("/devices")
 def create(department_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     form = _device_form(department)
     if form.validate_on_submit():
         try:
@@ -62,10 +62,8 @@ def create(department_id: int):
                 ip_address=form.ip_address.data, group_id=form.group_id.data,
                 actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
-            db.session.rollback()
             apply_errors(form, exc.field_errors)
         else:
-            db.session.commit()
             return render_template("devices/created.html", department=department,
                                    device=device, token=token), 201
     return _list_page(department, form, status=422)
@@ -73,7 +71,7 @@ def create(department_id: int):
 
 @bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])
 def edit(department_id: int, device_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     device = service.get_device(department, device_id)
     form = _device_form(department, obj=device)
     status = 200
@@ -87,11 +85,9 @@ def edit(department_id: int, device_id: int):
                                       group_id=form.group_id.data,
                                       actor=current_actor(), now=utcnow())
             except InvalidInputError as exc:
-                db.session.rollback()
                 device = service.get_device(department, device_id)
                 apply_errors(form, exc.field_errors)
             else:
-                db.session.commit()
                 return done(f"Device “{device.name}” saved.",
                             url_for("devices.index", department_id=department.id))
     return render_template("devices/edit.html", department=department, device=device,
@@ -100,7 +96,7 @@ def edit(department_id: int, device_id: int):
 
 @bp.post("/devices/<int:device_id>/delete")
 def delete(department_id: int, device_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     device = service.get_device(department, device_id)
     delete_form = DeleteForm()
     if not delete_form.validate_on_submit():
@@ -110,7 +106,6 @@ def delete(department_id: int, device_id: int):
     name = device.name
     service.delete_device(department=department, device=device, actor=current_actor(),
                           now=utcnow())
-    db.session.commit()
     return done(f"Device “{name}” deleted.", url_for("devices.index",
                                                      department_id=department.id))
 
@@ -122,29 +117,27 @@ def _groups_page(department, form, status=200):
     return render_template(
         "devices/groups.html", department=department, form=form,
         groups=service.list_groups(department),
-        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+        can_manage=authz.can(current_user, Action.MANAGE, department.id),
     ), status
 
 
 @bp.get("/groups")
 def groups(department_id: int):
-    department = department_or_403(department_id, authz.VIEW)
+    department = department_or_403(department_id, Action.VIEW)
     return _groups_page(department, GroupForm(formdata=None))
 
 
 @bp.post("/groups")
 def create_group(department_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     form = GroupForm()
     if form.validate_on_submit():
         try:
             group = service.create_group(department=department, name=form.name.data,
                                          actor=current_actor(), now=utcnow())
         except InvalidInputError as exc:
-            db.session.rollback()
             apply_errors(form, exc.field_errors)
         else:
-            db.session.commit()
             return done(f"Group “{group.name}” created.",
                         url_for("devices.groups", department_id=department.id))
     return _groups_page(department, form, status=422)
@@ -152,7 +145,7 @@ def create_group(department_id: int):
 
 @bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
 def edit_group(department_id: int, group_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     group = service.get_group(department, group_id)
     form = GroupForm(obj=group)
     status = 200
@@ -163,11 +156,9 @@ def edit_group(department_id: int, group_id: int):
                 service.rename_group(department=department, group=group, name=form.name.data,
                                      actor=current_actor(), now=utcnow())
             except InvalidInputError as exc:
-                db.session.rollback()
                 group = service.get_group(department, group_id)
                 apply_errors(form, exc.field_errors)
             else:
-                db.session.commit()
                 return done("Group renamed.", url_for("devices.groups",
                                                       department_id=department.id))
     return render_template("devices/edit_group.html", department=department, group=group,
@@ -176,7 +167,7 @@ def edit_group(department_id: int, group_id: int):
 
 @bp.post("/groups/<int:group_id>/delete")
 def delete_group(department_id: int, group_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     group = service.get_group(department, group_id)
     delete_form = DeleteForm()
     if not delete_form.validate_on_submit():
@@ -185,6 +176,5 @@ def delete_group(department_id: int, group_id: int):
     name = group.name
     service.delete_group(department=department, group=group, actor=current_actor(),
                          now=utcnow())
-    db.session.commit()
     return done(f"Group “{name}” deleted; its devices stay, without a group.",
                 url_for("devices.groups", department_id=department.id))

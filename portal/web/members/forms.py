@@ -3,12 +3,8 @@ from wtforms import EmailField, PasswordField, SelectField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, Optional
 
-ROLE_NAMES = {
-    "department_admin": "Department admin",
-    "approver": "Approver",
-    "auditor": "Auditor",
-    "technician": "Technician",
-}
+from portal.domain.permissions import ROLE_NAMES
+
 ROLE_CHOICES = [SelectChoice(value, label) for value, label in ROLE_NAMES.items()]
 
 

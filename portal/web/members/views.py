@@ -4,9 +4,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template, url_for
 from flask_login import current_user, login_required
 
-from portal.extensions import db
+from portal.domain.errors import InvalidInputError
+from portal.domain.permissions import ROLE_NAMES, Action
 from portal.services import accounts, authz, members as service
-from portal.services.errors import InvalidInputError
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -15,7 +15,7 @@ from portal.web.common import (
     page_after,
     utcnow,
 )
-from portal.web.members.forms import ROLE_NAMES, MemberForm
+from portal.web.members.forms import MemberForm
 
 bp = Blueprint("members", __name__, url_prefix="/departments/<int:department_id>/members")
 
@@ -32,19 +32,19 @@ def _page(department, form, status=200):
     return render_template(
         "members/index.html", department=department, form=form, page=page, after=after,
         role_names=ROLE_NAMES,
-        can_manage=authz.can(current_user, authz.MANAGE, department.id),
+        can_manage=authz.can(current_user, Action.MANAGE, department.id),
     ), status
 
 
 @bp.get("")
 def index(department_id: int):
-    department = department_or_403(department_id, authz.VIEW)
+    department = department_or_403(department_id, Action.VIEW)
     return _page(department, MemberForm(formdata=None))
 
 
 @bp.post("")
 def add(department_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     form = MemberForm()
     if form.validate_on_submit():
         try:
@@ -53,10 +53,8 @@ def add(department_id: int):
                 role=form.role.data, department=department, actor=current_actor(),
                 now=utcnow(), reject_password_for_existing=True)
         except InvalidInputError as exc:
-            db.session.rollback()
             apply_errors(form, exc.field_errors)
         else:
-            db.session.commit()
             return done(f"{user.email} is now {ROLE_NAMES[form.role.data].lower()} "
                         f"of {department.name}.",
                         url_for("members.index", department_id=department.id))
@@ -65,10 +63,9 @@ def add(department_id: int):
 
 @bp.post("/<int:membership_id>/delete")
 def remove(department_id: int, membership_id: int):
-    department = department_or_403(department_id, authz.MANAGE)
+    department = department_or_403(department_id, Action.MANAGE)
     membership = service.get_membership(department, membership_id)
     email, role = membership.user.email, membership.role
     accounts.remove_role(membership=membership, actor=current_actor(), now=utcnow())
-    db.session.commit()
     return done(f"{email} is no longer {ROLE_NAMES[role].lower()} of {department.name}.",
                 url_for("members.index", department_id=department.id))

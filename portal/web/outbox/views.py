@@ -2,10 +2,11 @@
 messages stay here, links working, instead of being sent."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
 
-from portal.services import mail
+from portal.domain.permissions import Action
+from portal.services import authz, mail
 
 bp = Blueprint("outbox", __name__)
 
@@ -13,8 +14,7 @@ bp = Blueprint("outbox", __name__)
 @bp.get("/outbox")
 @login_required
 def index():
-    if not current_user.is_admin:
-        abort(403)
+    authz.require(current_user, Action.ADMINISTER, message="Only administrators read the outbox.")
     before = request.args.get("before", type=int)
     page = mail.list_outbox(before=before, limit=current_app.config["PAGE_SIZE"])
     return render_template("outbox/index.html", messages=page.items,

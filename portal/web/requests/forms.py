@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import HiddenField, SelectField, StringField, TextAreaField
+from wtforms import SelectField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length, Optional
 
 
@@ -11,7 +11,3 @@ class ConnectForm(FlaskForm):
                          render_kw={"autocomplete": "off", "placeholder": "e.g. CORP\\jsmith"})
     reason = TextAreaField("Reason (optional)", validators=[Optional(), Length(max=1000)],
                            render_kw={"rows": 2, "maxlength": 1000})
-
-
-class DecisionForm(FlaskForm):
-    decision = HiddenField(validators=[InputRequired()])

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, abort, current_app, make_response, render_template, request, url_for
+from flask import Blueprint, current_app, make_response, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
-from portal.extensions import db
-from portal.services import requests as service
-from portal.services.errors import InvalidInputError, NotFoundError
+from portal.domain.errors import (
+    AlreadyDecidedError,
+    ExpiredError,
+    InvalidInputError,
+    NotFoundError,
+)
+from portal.domain.permissions import Action
+from portal.services import authz, decisions, requests as service
 from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
+from portal.web.errors import status_of
 from portal.web.requests.forms import ConnectForm
 
 bp = Blueprint("requests", __name__)
@@ -52,10 +58,8 @@ def connect():
                 run_as=form.run_as.data, reason=form.reason.data, actor=current_actor(),
                 now=utcnow(), base_url=current_app.config["BASE_URL"])
         except (InvalidInputError, NotFoundError) as exc:
-            db.session.rollback()
             apply_errors(form, getattr(exc, "field_errors", None) or {"device": [exc.message]})
         else:
-            db.session.commit()
             return done("Request sent.", url_for("requests.show", request_id=req.id),
                         category="info")
     return render_template("requests/connect.html", form=form, recent=_recent()), 422
@@ -86,14 +90,12 @@ def cancel(request_id: int):
     now = utcnow()
     http_status = 200
     try:
-        req = service.cancel_request(user=current_user, request_id=request_id,
-                                     actor=current_actor(), now=now)
-    except service.DecisionError as exc:
-        db.session.commit()
+        req = decisions.cancel_request(user=current_user, request_id=request_id,
+                                       actor=current_actor(), now=now)
+    except (AlreadyDecidedError, ExpiredError) as exc:
         req = service.get_own_request(current_user, request_id)
-        message, category, http_status = exc.message, "error", exc.status
+        message, category, http_status = exc.message, "error", status_of(exc)
     else:
-        db.session.commit()
         message, category = "Request cancelled.", "info"
     if is_htmx():
         # Rendered here, not through fragment(): the template's `status` (the request's
@@ -109,8 +111,8 @@ def cancel(request_id: int):
 
 
 def _may_see_pending() -> None:
-    if not service.decides_anywhere(current_user):
-        abort(403)
+    authz.require(current_user, Action.DECIDE,
+                  message="Only approvers and department admins decide requests.")
 
 
 def _pending_context(now, *, polled=False):
@@ -143,14 +145,12 @@ def decide(request_id: int):
     now = utcnow()
     status = 200
     try:
-        req = service.decide_in_portal(user=current_user, request_id=request_id,
-                                       decision=decision, actor=current_actor(), now=now,
-                                       user_agent=request.headers.get("User-Agent", ""))
-    except service.DecisionError as exc:
-        db.session.commit()
-        message, category, status = exc.message, "error", exc.status
+        req = decisions.decide_in_portal(user=current_user, request_id=request_id,
+                                         decision=decision, actor=current_actor(), now=now,
+                                         user_agent=request.headers.get("User-Agent", ""))
+    except (AlreadyDecidedError, ExpiredError) as exc:
+        message, category, status = exc.message, "error", status_of(exc)
     else:
-        db.session.commit()
         verb = "allowed" if req.status == "approved" else "denied"
         message, category = f"Request for {req.device.name} {verb}.", "success"
     if is_htmx():

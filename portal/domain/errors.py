@@ -1,0 +1,74 @@
+"""The one error hierarchy. Domain rules and services raise these; each carries a `code`
+(the API's error slug) and a message a person can act on, never an HTTP status: the
+web/API boundary maps classes to statuses in one table (portal.web.errors.STATUS)."""
+from __future__ import annotations
+
+
+class PortalError(Exception):
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequestError(PortalError):
+    """Malformed input: not JSON, wrong types, a missing field."""
+
+    code = "bad_request"
+
+
+class UnauthorizedError(PortalError):
+    """No credentials, or credentials nobody issued (or that were revoked)."""
+
+    code = "unauthorized"
+
+
+class SignInRequiredError(PortalError):
+    """A person must be signed in first (the web sends them to the sign-in page)."""
+
+    code = "sign_in_required"
+
+    def __init__(self, message: str = "Sign in to continue.") -> None:
+        super().__init__(message)
+
+
+class ForbiddenError(PortalError):
+    code = "forbidden"
+
+
+class NotFoundError(PortalError):
+    code = "not_found"
+
+
+class ConflictError(PortalError):
+    """The change collides with the current state (a name taken, a session ended)."""
+
+    code = "conflict"
+
+
+class AlreadyDecidedError(ConflictError):
+    code = "already_decided"
+
+
+class ExpiredError(PortalError):
+    code = "expired"
+
+
+class InvalidInputError(PortalError):
+    """Fails validation: messages per field."""
+
+    code = "invalid"
+
+    def __init__(self, field_errors: dict[str, list[str]]) -> None:
+        first = next(iter(field_errors.values()))[0] if field_errors else "Invalid input."
+        super().__init__(first)
+        self.field_errors = field_errors
+
+
+class ThrottledError(PortalError):
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

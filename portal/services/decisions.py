@@ -1,0 +1,251 @@
+"""Deciding session requests: the end user, a link's recipient, an approver in the portal;
+cancelling; expiring. The first decision wins: every check-then-change is one conditional
+UPDATE, and its rowcount says who won.
+
+Lock order, everywhere: the request's row (or rows, in one statement, by id) first, then
+its outbox rows, and audit events last — so two writers never wait on each other in
+opposite orders.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import joinedload
+
+from portal.domain import requests as rules
+from portal.domain.errors import (
+    AlreadyDecidedError,
+    ExpiredError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    SignInRequiredError,
+)
+from portal.domain.permissions import Action
+from portal.domain.requests import EmailCheck, EndUserCheck, Status
+from portal.extensions import db
+from portal.models import ApprovalLink, Device, SessionRequest, User
+from portal.services import authz, crypto, mail
+from portal.services.actors import SYSTEM, Actor
+from portal.services.requests import (
+    MAX_REASON,
+    audit_request,
+    clean_text,
+    get_own_request,
+    get_request,
+)
+from portal.unit_of_work import keep_changes
+
+OWN_REQUEST = "Nobody decides their own request: ask another approver."
+LINK_ENDED = ("This link no longer works: its recipient is no longer among the "
+              "department's approval recipients.")
+
+
+def _win(req: SessionRequest, now: datetime, values: dict, *,
+         end_user: bool = False) -> bool:
+    """The conditional transition out of pending. True when this call won."""
+    stmt = (update(SessionRequest)
+            .where(SessionRequest.id == req.id,
+                   SessionRequest.status == Status.PENDING.value,
+                   SessionRequest.expires_at > now)
+            .values(decided_at=now, **values)
+            .execution_options(synchronize_session=False))
+    if end_user:
+        stmt = stmt.where(SessionRequest.end_user_check == EndUserCheck.PENDING.value,
+                          SessionRequest.end_user_deadline > now)
+    won = db.session.execute(stmt).rowcount == 1
+    db.session.expire(req)
+    return won
+
+
+def _refuse(req: SessionRequest, now: datetime, check_deadline: datetime | None = None):
+    """After losing: mark an overdue request timed out (so it reads so at once, and that
+    change is kept although the decision fails), then raise 409 or 410."""
+    refusal = rules.refusal(req.status, req.expires_at, now, check_deadline)
+    if refusal is None:  # lost to nobody: the end-user check was not open
+        refusal = AlreadyDecidedError("This prompt is closed.")
+    if isinstance(refusal, ExpiredError) and req.status == Status.PENDING.value \
+            and now >= req.expires_at and expire_one(req, now):
+        keep_changes()
+    raise refusal
+
+
+def _after_decision(req: SessionRequest, actor: Actor, now: datetime, **details) -> None:
+    mail.cancel_for_request(req.id)
+    audit_request(req, "request.decided", actor, now, status=req.status,
+                  decided_by=req.decided_by, **details)
+
+
+def decide_by_end_user(*, device: Device, request_id: int, decision: str, actor: Actor,
+                       now: datetime) -> SessionRequest:
+    if decision not in ("accept", "decline"):
+        raise InvalidInputError({"decision": ["Use “accept” or “decline”."]})
+    req = db.session.get(SessionRequest, request_id)
+    if req is None or req.device_id != device.id or \
+            req.end_user_check == EndUserCheck.SKIPPED.value:
+        raise NotFoundError("No such prompt on this device.")
+    accept = decision == "accept"
+    won = _win(req, now, {
+        "status": (Status.APPROVED if accept else Status.DENIED).value,
+        "decided_by": rules.DECIDED_BY_END_USER,
+        "decision_reason": None,
+        "end_user_check": (EndUserCheck.ACCEPTED if accept else EndUserCheck.DECLINED).value,
+    }, end_user=True)
+    if not won:
+        _refuse(req, now, req.end_user_deadline)
+    _after_decision(req, actor, now, check="end_user", decision=decision)
+    return req
+
+
+# --- approval links ------------------------------------------------------------------
+
+
+def find_link(token: str) -> ApprovalLink:
+    link = db.session.scalar(
+        select(ApprovalLink).where(ApprovalLink.token_hash == crypto.keyed_hash(token))
+        .options(joinedload(ApprovalLink.request)))
+    if link is None:
+        raise NotFoundError("This link is not valid.")
+    return link
+
+
+def is_link_current(link: ApprovalLink) -> bool:
+    """A link works only while its recipient is still one of the department's recipients."""
+    recipients = {r.lower() for r in link.request.department.settings.recipients}
+    return link.recipient_email.lower() in recipients
+
+
+def is_sign_in_required(link: ApprovalLink) -> bool:
+    """The stricter of the rule the link was mailed with and today's setting: turning
+    "Approvers must sign in to decide" off never loosens a link already sent."""
+    return link.is_sign_in_required or \
+        link.request.department.settings.is_sign_in_required_to_decide
+
+
+def is_own_request(req: SessionRequest, user: User | None = None,
+                   email: str | None = None) -> bool:
+    """Whether `user` (or the holder of `email`) is the request's technician."""
+    if user is not None and user.id == req.technician_id:
+        return True
+    return email is not None and email.lower() == req.technician.email.lower()
+
+
+def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
+                       user_agent: str = "") -> bool:
+    """The first GET of a link is recorded once ("link opened"); later GETs — which anyone
+    holding the link can repeat forever — write nothing. True for the first opening."""
+    first = db.session.execute(
+        update(ApprovalLink)
+        .where(ApprovalLink.id == link.id, ApprovalLink.first_opened_at.is_(None))
+        .values(first_opened_at=now)
+        .execution_options(synchronize_session=False)).rowcount == 1
+    if first:
+        audit_request(link.request, "link.opened", actor, now,
+                      recipient=link.recipient_email, user_agent=user_agent[:200])
+    return first
+
+
+def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | None,
+                     comment=None, actor: Actor, now: datetime,
+                     user_agent: str = "") -> SessionRequest:
+    """A recipient's Allow / Deny from the email's link (found with find_link)."""
+    allow, comment = _allow_or_deny(decision, comment)
+    req = link.request
+    if not is_link_current(link):
+        raise ForbiddenError(LINK_ENDED)
+    if is_sign_in_required(link) and signed_in is None:
+        raise SignInRequiredError("Sign in as the link's recipient to decide.")
+    if signed_in is not None and signed_in.email.lower() != link.recipient_email.lower():
+        raise ForbiddenError("This link was sent to somebody else. Sign in as its recipient.")
+    if is_own_request(req, signed_in, link.recipient_email):
+        raise ForbiddenError(OWN_REQUEST)
+    return _approver_decides(
+        req, allow, decided_by=link.recipient_email, comment=comment, actor=actor,
+        now=now, check_column="email_check",
+        check_values=(EmailCheck.ALLOWED.value, EmailCheck.DENIED.value),
+        check="email", recipient=link.recipient_email, user_agent=user_agent[:200])
+
+
+def decide_in_portal(*, user: User, request_id: int, decision: str, actor: Actor,
+                     now: datetime, comment=None, user_agent: str = "") -> SessionRequest:
+    allow, comment = _allow_or_deny(decision, comment)
+    req = get_request(request_id)
+    authz.require(user, Action.DECIDE, req.department_id,
+                  "You can't decide requests of this department.")
+    if is_own_request(req, user):
+        raise ForbiddenError(OWN_REQUEST)
+    return _approver_decides(req, allow, decided_by=user.email, comment=comment,
+                             actor=actor, now=now, check="portal",
+                             user_agent=user_agent[:200])
+
+
+def _allow_or_deny(decision: str, comment) -> tuple[bool, str | None]:
+    if decision not in ("allow", "deny"):
+        raise InvalidInputError({"decision": ["Use “allow” or “deny”."]})
+    return decision == "allow", clean_text(comment, "comment", MAX_REASON)
+
+
+def _approver_decides(req: SessionRequest, allow: bool, *, decided_by: str, comment,
+                      actor: Actor, now: datetime, check_column: str | None = None,
+                      check_values: tuple[str, str] = ("", ""), **details) -> SessionRequest:
+    """Allow or Deny by a person (a link's recipient or a portal approver): first wins."""
+    values = {"status": (Status.APPROVED if allow else Status.DENIED).value,
+              "decided_by": decided_by, "decision_reason": comment}
+    if check_column:
+        values[check_column] = check_values[0] if allow else check_values[1]
+    if not _win(req, now, values):
+        _refuse(req, now)
+    _after_decision(req, actor, now, decision="allow" if allow else "deny", **details)
+    return req
+
+
+def cancel_request(*, user: User, request_id: int, actor: Actor, now: datetime
+                   ) -> SessionRequest:
+    req = get_own_request(user, request_id)
+    if not _win(req, now, {"status": Status.CANCELLED.value}):
+        _refuse(req, now)
+    mail.cancel_for_request(req.id)
+    audit_request(req, "request.cancelled", actor, now)
+    return req
+
+
+# --- expiry --------------------------------------------------------------------------
+
+
+def expire_one(req: SessionRequest, now: datetime) -> bool:
+    won = db.session.execute(
+        update(SessionRequest)
+        .where(SessionRequest.id == req.id, SessionRequest.status == Status.PENDING.value,
+               SessionRequest.expires_at <= now)
+        .values(status=Status.TIMED_OUT.value, decided_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+    db.session.expire(req)
+    if won:
+        mail.cancel_for_request(req.id)
+        audit_request(req, "request.timed_out", SYSTEM, now)
+    return won
+
+
+def expire_overdue(now: datetime) -> list[int]:
+    """Move every overdue pending request to timed_out; one transition (and one audit
+    event) per request however many sweeps run at once. Every row is locked (requests in
+    one statement, then their mail) before the first audit event is written."""
+    ids = sorted(db.session.scalars(
+        update(SessionRequest)
+        .where(SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at <= now)
+        .values(status=Status.TIMED_OUT.value, decided_at=now)
+        .returning(SessionRequest.id)
+        .execution_options(synchronize_session=False)
+    ))
+    if not ids:
+        return ids
+    mail.cancel_for_requests(ids)
+    for req in db.session.scalars(
+            select(SessionRequest).where(SessionRequest.id.in_(ids))
+            .options(joinedload(SessionRequest.device))
+            .order_by(SessionRequest.id)
+            .execution_options(populate_existing=True)):
+        audit_request(req, "request.timed_out", SYSTEM, now)
+    return ids

@@ -1,0 +1,58 @@
+"""One unit of work per request, in one place.
+
+The request's database session is committed once after the view, when the response
+succeeded (status < 400), and rolled back otherwise — whatever raised, and whatever a view
+caught and rendered as an error page. Views, API routes and services never commit or roll
+back; services only flush.
+
+The one exception: a service whose failure must still leave a mark (a late decision that
+moved its request to timed out; a failed sign-in that counted against the throttle) calls
+`keep_changes()` before raising, and what it did is committed with the error response.
+
+Jobs and CLI commands are boundaries of their own and commit themselves.
+"""
+from __future__ import annotations
+
+from flask import Flask
+
+from portal.extensions import db
+
+_KEEP = "portal.keep_changes"
+
+
+def keep_changes() -> None:
+    """What this unit has done so far stays, even though it ends in an error."""
+    db.session.info[_KEEP] = True
+
+
+def finish(succeeded: bool) -> None:
+    """Commit or roll back the current unit (honouring keep_changes)."""
+    session = db.session
+    keep = session.info.pop(_KEEP, False)
+    if succeeded or keep:
+        session.commit()
+    else:
+        session.rollback()
+
+
+def release() -> None:
+    """Hand the session's connection back to the pool before a long wait (a long-poll).
+    Only for a unit that has changed nothing yet; it may read again afterwards."""
+    session = db.session
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("release() would drop unsaved changes")
+    session.close()
+
+
+def init_unit_of_work(app: Flask) -> None:
+    @app.after_request
+    def _commit_or_roll_back(response):
+        finish(response.status_code < 400)
+        return response
+
+    @app.teardown_request
+    def _roll_back_on_escape(exc) -> None:
+        # Only when something escaped every handler (after_request did not run).
+        if exc is not None:
+            db.session.info.pop(_KEEP, None)
+            db.session.rollback()
