@@ -31,8 +31,11 @@ class FixedClock:
         return self._now
 
 
-def init_clock(app: Flask, clock=None) -> None:
-    app.extensions["clock"] = clock or app.config.get("CLOCK") or SystemClock()
+def init_clock(app: Flask) -> None:
+    """The system clock, unless the app's config (from create_app, never the environment)
+    gives a callable one."""
+    given = app.config.get("CLOCK")
+    app.extensions["clock"] = given if callable(given) else SystemClock()
 
 
 def now(app: Flask | None = None) -> datetime:

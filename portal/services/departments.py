@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from portal.domain import settings as rules
 from portal.extensions import db
@@ -105,8 +106,6 @@ def update_settings(*, department: Department, values: dict[str, Any], actor: Ac
 
 def list_exclusions(department: Department) -> list[Exclusion]:
     """Every exclusion of the department, with its device or group, in one query."""
-    from sqlalchemy.orm import joinedload
-
     return list(
         db.session.scalars(
             select(Exclusion)

@@ -17,7 +17,7 @@ from portal import unit_of_work
 from portal.domain.errors import AlreadyDecidedError, ExpiredError
 from portal.extensions import db
 from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest, User
-from portal.services import accounts, departments, mail
+from portal.services import accounts, agents, departments, mail
 from portal.services import decisions
 from portal.services import requests as service
 from portal.services.actors import CLI, SYSTEM, Actor
@@ -244,3 +244,42 @@ def test_concurrent_audited_writes_keep_one_chain(app, qa):
     assert [row.seq for row in chain] == list(range(1, len(chain) + 1))
     assert all(b.prev_hash == a.hash for a, b in zip(chain, chain[1:]))  # no fork
     assert verify_audit_chain() == (len(chain), None)
+
+
+def test_a_prompt_poll_and_a_decision_never_deadlock(app, qa):
+    """The agent's poll marks its prompts "shown" (row locks on several requests) and
+    audits each; a decision locks one of those requests and audits. Taken in opposite
+    orders — poll: request 1, audit trail, request 2; decision: request 2, audit trail —
+    PostgreSQL finds a deadlock and one of them fails. Both must take the request rows
+    first, then the trail."""
+    for round_ in range(ROUNDS):
+        created = NOW + timedelta(minutes=round_)
+        ids = [new_request(created + timedelta(milliseconds=i))[0] for i in range(5)]
+        at = created + timedelta(seconds=5)
+        shown: list = []
+
+        def poll():
+            device = db.session.scalar(select(Device).where(Device.name == DEVICE))
+
+            def act():
+                shown.extend(r.id for r in agents.open_prompts(
+                    device=device, actor=Actor(label=f"device:{DEVICE}"), now=at))
+            return act
+
+        def decide():
+            approver = user(PORTAL_APPROVER)
+            return lambda: decisions.decide_in_portal(
+                user=approver, request_id=ids[-1], decision="deny",
+                actor=Actor.for_user(approver), now=at)
+
+        results = run_together(app, {"poll": poll, "decide": decide})
+        assert results == {"poll": "won", "decide": "won"}, (round_, results)
+        db.session.expire_all()
+        assert db.session.get(SessionRequest, ids[-1]).status == "denied"
+        shown_events = Counter(db.session.scalars(select(AuditEvent.target_id).where(
+            AuditEvent.action == "prompt.shown",
+            AuditEvent.target_id.in_([str(i) for i in ids]))))
+        assert set(shown_events.values()) <= {1}  # each prompt's first showing, once
+        assert {int(i) for i in shown_events} <= set(ids)
+        assert set(shown) >= set(ids[:-1])  # the poll saw every prompt still open
+    assert verify_audit_chain()[1] is None

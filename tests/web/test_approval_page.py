@@ -427,3 +427,48 @@ def test_connect_page_lists_only_my_recent_requests(client, auth, qa):
     assert f'href="/requests/{mine.id}"' in page
     assert f'href="/requests/{theirs.id}"' not in page
     assert "timed out" in page  # NOW is long past: the request reads as timed out
+
+
+# --- links keep their rules; nobody decides their own request -------------------------
+
+
+def test_turning_sign_in_off_does_not_loosen_a_link_already_mailed(client, qa):
+    request_id, links = new_request()
+    configure(qa, recipients=f"{R1}\n{R2}", is_sign_in_required_to_decide=False)
+    before = snapshot(request_id)
+    response = client.post(links[R1], data={"decision": "allow"})
+    assert (response.status_code, urlsplit(response.headers["Location"]).path) == (
+        303, "/login")
+    assert snapshot(request_id) == before
+    _, fresh = new_request()  # mailed under the waiver: the form alone decides it
+    assert client.post(fresh[R1], data={"decision": "allow"}).status_code == 200
+
+
+def test_a_removed_recipient_s_link_is_refused(app, qa):
+    request_id, links = new_request()
+    configure(qa, recipients=R2)
+    removed, _ = sign_in(app, R1)
+    before = snapshot(request_id)
+    response = removed.post(links[R1], data={"decision": "allow"})
+    assert response.status_code == 403 and "no longer" in text(response)
+    assert snapshot(request_id) == before
+    kept, _ = sign_in(app, R2)
+    assert kept.post(links[R2], data={"decision": "deny"}).status_code == 200
+    assert stored(request_id).status == "denied"
+
+
+def test_a_technician_who_is_also_a_recipient_cannot_decide_their_own_request(app, make,
+                                                                               qa):
+    make.user("tech@example.com", "approver", qa)
+    configure(qa, recipients=f"tech@example.com\n{R1}")
+    request_id, links = new_request()
+    tech, _ = sign_in(app, "tech@example.com")
+    before = snapshot(request_id)
+    by_link = tech.post(links["tech@example.com"], data={"decision": "allow"})
+    assert by_link.status_code == 403 and "own request" in text(by_link)
+    in_portal = tech.post(f"/requests/{request_id}/decide", data={"decision": "allow"},
+                          headers={"HX-Request": "true"})
+    assert in_portal.status_code == 403
+    assert snapshot(request_id) == before
+    approver, _ = sign_in(app, R1)
+    assert approver.post(links[R1], data={"decision": "allow"}).status_code == 200

@@ -1,0 +1,79 @@
+"""The one unit of work per request (portal.unit_of_work): a response under 400 commits,
+anything else rolls back — including what a view caught and rendered as an error — and a
+service that calls keep_changes() keeps what it did although it fails."""
+from __future__ import annotations
+
+import pytest
+from flask import abort
+from sqlalchemy import select
+
+from portal.domain.errors import ConflictError, InvalidInputError
+from portal.extensions import db
+from portal.models import Department
+from portal.services import departments
+from portal.services.actors import CLI
+from portal.unit_of_work import keep_changes
+
+
+def stored_names() -> list[str]:
+    with db.engine.connect() as conn:
+        return list(conn.execute(select(Department.name).order_by(Department.name)).scalars())
+
+
+@pytest.fixture
+def routes(app):
+    """Views that write a department and then end in various ways."""
+    def write(name):
+        departments.create_department(name=name, actor=CLI, now=app.extensions["clock"]())
+
+    def ok():
+        write("Committed")
+        return "ok"
+
+    def raises_service_error():
+        write("Rolled back by the error map")
+        raise ConflictError("taken")
+
+    def renders_its_own_error():
+        try:
+            write("Rolled back after a caught error")
+            raise InvalidInputError({"name": ["bad"]})
+        except InvalidInputError:
+            return "the form again", 422
+
+    def keeps_then_fails():
+        write("Kept although it failed")
+        keep_changes()
+        raise ConflictError("refused, but the mark stays")
+
+    def crashes():
+        write("Rolled back by a crash")
+        raise RuntimeError("a bug")
+
+    def aborts():
+        write("Rolled back by abort")
+        abort(404)
+
+    for view in (ok, raises_service_error, renders_its_own_error, keeps_then_fails,
+                 crashes, aborts):
+        app.add_url_rule(f"/_uow/{view.__name__}", view.__name__, view)
+    return app
+
+
+@pytest.mark.parametrize("path, status, kept", [
+    ("ok", 200, ["Committed"]),
+    ("raises_service_error", 409, []),
+    ("renders_its_own_error", 422, []),
+    ("keeps_then_fails", 409, ["Kept although it failed"]),
+    ("crashes", 500, []),
+    ("aborts", 404, []),
+])
+def test_the_response_decides_commit_or_rollback(routes, client, path, status, kept):
+    assert client.get(f"/_uow/{path}").status_code == status
+    assert stored_names() == kept
+
+
+def test_keep_changes_lasts_for_one_request_only(routes, client):
+    client.get("/_uow/keeps_then_fails")
+    assert client.get("/_uow/raises_service_error").status_code == 409
+    assert stored_names() == ["Kept although it failed"]
