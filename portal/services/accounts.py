@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from sqlalchemy import select, update
 
 from portal.extensions import db
-from portal.models import ApiToken, Department, Device, LoginSession, LoginThrottle, Membership, User
+from portal.models import ApiToken, Department, Device, LoginSession, Membership, User
 from portal.models.accounts import ROLES
-from portal.services import crypto, passwords
+from portal.services import crypto, passwords, throttle
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.services.errors import InvalidInputError, NotFoundError, ThrottledError
@@ -148,47 +148,13 @@ class SignInResult:
     session_token: str
 
 
-def _throttle_keys(email: str, client_ip: str) -> list[tuple[str, int]]:
+def _throttle_keys(typed_email: str, client_ip: str) -> list[tuple[str, int]]:
+    """(key, limit): the email's first, then the address's."""
     config = current_app.config
-    keys = [(f"email:{email.strip().lower()[:254]}", config["LOGIN_MAX_FAILURES_PER_EMAIL"])]
+    keys = [(f"email:{typed_email}", config["LOGIN_MAX_FAILURES_PER_EMAIL"])]
     if client_ip:
         keys.append((f"ip:{client_ip}", config["LOGIN_MAX_FAILURES_PER_IP"]))
     return keys
-
-
-def _locked_for(keys: list[tuple[str, int]], now: datetime) -> int:
-    longest = 0
-    for key, _limit in keys:
-        row = db.session.get(LoginThrottle, key)
-        if row is not None and row.locked_until is not None and row.locked_until > now:
-            longest = max(longest, math.ceil((row.locked_until - now).total_seconds()))
-    return longest
-
-
-def _count_failure(keys: list[tuple[str, int]], now: datetime) -> None:
-    config = current_app.config
-    window = timedelta(seconds=config["LOGIN_THROTTLE_WINDOW_SECONDS"])
-    for key, limit in keys:
-        row = db.session.get(LoginThrottle, key)
-        if row is None:
-            row = LoginThrottle(key=key, failures=0, window_started_at=now)
-            db.session.add(row)
-        if now - row.window_started_at > window:
-            row.failures = 0
-            row.window_started_at = now
-        row.failures += 1
-        if row.failures >= limit:
-            row.locked_until = now + timedelta(seconds=config["LOGIN_LOCK_SECONDS"])
-            row.failures = 0
-            row.window_started_at = now
-    db.session.flush()
-
-
-def _clear_failures(email: str) -> None:
-    row = db.session.get(LoginThrottle, f"email:{email}")
-    if row is not None:
-        db.session.delete(row)
-        db.session.flush()
 
 
 def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> SignInResult:
@@ -198,7 +164,7 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
     # go into PostgreSQL text) is in no account's email, so it just fails like a typo.
     typed = "".join(ch if ch.isprintable() else "\ufffd" for ch in email.strip().lower())[:254]
     keys = _throttle_keys(typed, client_ip)
-    locked = _locked_for(keys, now)
+    locked = throttle.count_attempt(keys, now)  # before the password is checked
     if locked:
         record_event(actor=Actor(label=typed, client_ip=client_ip), action="auth.sign_in",
                      target_type="user", target_id=typed, now=now, outcome="throttled")
@@ -210,14 +176,13 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
     else:
         ok = passwords.verify_password(user.password_hash, password) and user.is_enabled
     if not ok:
-        _count_failure(keys, now)
         record_event(actor=Actor(label=typed, user_id=user.id if user else None,
                                  client_ip=client_ip),
                      action="auth.sign_in", target_type="user",
                      target_id=user.id if user else typed, now=now, outcome="failure")
         raise InvalidInputError({"email": [SIGN_IN_FAILED]})
     assert user is not None
-    _clear_failures(user.email)
+    throttle.forget_attempt(keys[0][0], keys[1:])
     token = crypto.new_token()
     db.session.add(LoginSession(token_hash=crypto.keyed_hash(token), user_id=user.id,
                                 created_at=now, client_ip=client_ip or None))

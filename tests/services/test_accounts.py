@@ -161,6 +161,18 @@ def test_failures_older_than_the_window_are_forgotten(user):
     assert sign_in(now=NOW + window + timedelta(seconds=2)).user.id == user.id
 
 
+def test_the_address_counts_failures_only(app, user):
+    app.config["LOGIN_MAX_FAILURES_PER_IP"] = 3
+    for i in range(5):  # successes from the address never add up to a lock
+        sign_in(now=NOW + timedelta(seconds=i))
+    for i, email in enumerate(["a@example.com", "b@example.com", "c@example.com"]):
+        assert isinstance(fail(email=email, now=NOW + timedelta(seconds=10 + i)),
+                          InvalidInputError)
+    # Three failures for three emails: the address is locked, for every email.
+    assert isinstance(fail(password=PASSWORD, now=NOW + timedelta(seconds=20)), ThrottledError)
+    assert sign_in(client_ip="198.51.100.9", now=NOW + timedelta(seconds=21)).user.id == user.id
+
+
 def test_sign_in_is_audited_without_the_password(user):
     wrong = "Wrong-Horse-Battery-42"
     sign_in()
