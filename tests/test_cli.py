@@ -119,7 +119,7 @@ def test_users_disable_ends_sessions_and_tokens(runner, make):
     db.session.commit()
     result = ok(runner, "users", "disable", "tech@example.com")
     assert "Disabled tech@example.com" in result.output
-    assert accounts.load_signed_in_user(session_token) is None
+    assert accounts.load_signed_in_user(session_token, now=NOW) is None
     assert accounts.find_token(api_token) is None
     assert accounts.find_user("tech@example.com").is_enabled is False
     unknown = invoke(runner, "users", "disable", "nobody@example.com")

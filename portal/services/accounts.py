@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from portal.extensions import db
 from portal.models import ApiToken, Department, Device, LoginSession, Membership, User
@@ -20,6 +20,7 @@ from portal.services.errors import InvalidInputError, NotFoundError, ThrottledEr
 ALL_ROLES = ("admin",) + ROLES
 SIGN_IN_FAILED = "Invalid email or password."
 SIGN_IN_THROTTLED = "Too many sign-in attempts. Try again in {minutes} minute(s)."
+SESSION_TOUCH_INTERVAL = timedelta(minutes=1)  # how stale last_seen_at may get at most
 
 
 def normalize_email(raw: str) -> str:
@@ -157,9 +158,11 @@ def _throttle_keys(typed_email: str, client_ip: str) -> list[tuple[str, int]]:
     return keys
 
 
-def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> SignInResult:
+def sign_in(*, email: str, password: str, client_ip: str, now: datetime,
+            previous_session_token: str | None = None) -> SignInResult:
     """Check the credentials; raise ThrottledError or InvalidInputError with one message
-    that never tells whether the account exists."""
+    that never tells whether the account exists. A browser that was signed in already
+    (`previous_session_token`) has that session ended once the new one starts."""
     # What was typed, as it may be stored and looked up: a control character (NUL can't
     # go into PostgreSQL text) is in no account's email, so it just fails like a typo.
     typed = "".join(ch if ch.isprintable() else "\ufffd" for ch in email.strip().lower())[:254]
@@ -183,9 +186,12 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
         raise InvalidInputError({"email": [SIGN_IN_FAILED]})
     assert user is not None
     throttle.forget_attempt(keys[0][0], keys[1:])
+    if previous_session_token:
+        _end_sessions(LoginSession.token_hash == crypto.keyed_hash(previous_session_token),
+                      now=now)
     token = crypto.new_token()
     db.session.add(LoginSession(token_hash=crypto.keyed_hash(token), user_id=user.id,
-                                created_at=now, client_ip=client_ip or None))
+                                created_at=now, last_seen_at=now, client_ip=client_ip or None))
     db.session.flush()
     record_event(actor=Actor.for_user(user, client_ip), action="auth.sign_in",
                  target_type="user", target_id=user.id, now=now)
@@ -193,8 +199,10 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
     return SignInResult(user=user, session_token=token)
 
 
-def load_signed_in_user(session_token: str) -> User | None:
-    """The user of a live sign-in session, or None (ended, unknown, user disabled)."""
+def load_signed_in_user(session_token: str, *, now: datetime) -> User | None:
+    """The user of a live sign-in session, or None (ended, expired, unknown, user
+    disabled). A session past its absolute lifetime or idle too long is ended here; a live
+    one is marked as seen at most once a minute, so polling rarely writes."""
     row = db.session.scalar(
         select(LoginSession).where(
             LoginSession.token_hash == crypto.keyed_hash(session_token),
@@ -203,17 +211,34 @@ def load_signed_in_user(session_token: str) -> User | None:
     )
     if row is None or not row.user.is_enabled:
         return None
+    config = current_app.config
+    idle = timedelta(seconds=config["SESSION_IDLE_TIMEOUT_SECONDS"])
+    last_seen = row.last_seen_at or row.created_at
+    if (now - row.created_at >= timedelta(seconds=config["SESSION_ABSOLUTE_LIFETIME_SECONDS"])
+            or now - last_seen >= idle):
+        _end_sessions(LoginSession.id == row.id, now=now)
+        return None
+    touch_every = min(SESSION_TOUCH_INTERVAL, idle / 10)
+    if now - last_seen >= touch_every:
+        db.session.execute(
+            update(LoginSession)
+            .where(LoginSession.id == row.id, LoginSession.ended_at.is_(None),
+                   or_(LoginSession.last_seen_at.is_(None),
+                       LoginSession.last_seen_at <= now - touch_every))
+            .values(last_seen_at=now)
+        )
     row.user.login_session_token = session_token
     return row.user
 
 
-def sign_out(*, user: User, session_token: str, client_ip: str, now: datetime) -> None:
+def _end_sessions(*where, now: datetime) -> None:
     db.session.execute(
-        update(LoginSession)
-        .where(LoginSession.token_hash == crypto.keyed_hash(session_token),
-               LoginSession.ended_at.is_(None))
-        .values(ended_at=now)
+        update(LoginSession).where(*where, LoginSession.ended_at.is_(None)).values(ended_at=now)
     )
+
+
+def sign_out(*, user: User, session_token: str, client_ip: str, now: datetime) -> None:
+    _end_sessions(LoginSession.token_hash == crypto.keyed_hash(session_token), now=now)
     record_event(actor=Actor.for_user(user, client_ip), action="auth.sign_out",
                  target_type="user", target_id=user.id, now=now)
 

@@ -1,6 +1,7 @@
 """Sign-in loading, security headers and the htmx/CSRF conventions."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from flask import Flask, jsonify, redirect, request, url_for
@@ -19,7 +20,7 @@ def init_security(app: Flask) -> None:
     def load_user(session_token: str):
         from portal.services.accounts import load_signed_in_user
 
-        return load_signed_in_user(session_token)
+        return load_signed_in_user(session_token, now=datetime.now(timezone.utc))
 
     @login_manager.unauthorized_handler
     def unauthorized():
