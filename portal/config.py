@@ -2,7 +2,8 @@
 
 
 class DefaultConfig:
-    SECRET_KEY: str | None = None
+    SECRET_KEY: str | None = None  # sessions and CSRF
+    TOKEN_HASH_KEY: str | None = None  # keyed hashes of tokens, sign-in sessions and links
     SQLALCHEMY_DATABASE_URI: str | None = None  # None: SQLite file in the instance folder
     SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
     SESSION_COOKIE_HTTPONLY = True
