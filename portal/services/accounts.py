@@ -280,6 +280,69 @@ def find_token(token: str) -> ApiToken | None:
     return row
 
 
+def _token_owner(row: ApiToken) -> tuple[str, int, int | None, dict]:
+    """(target type, target id, department id, details) of a token's audit events."""
+    if row.device is not None:
+        return ("device", row.device.id, row.device.department_id,
+                {"device": row.device.name, "kind": "device"})
+    assert row.user is not None
+    return "user", row.user.id, None, {"email": row.user.email, "kind": "user"}
+
+
+def revoke_user_tokens(*, user: User, actor: Actor, now: datetime) -> int:
+    """Revoke every live API token of the user; how many were live."""
+    revoked = db.session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    if revoked:
+        record_event(actor=actor, action="token.revoked", target_type="user",
+                     target_id=user.id, now=now,
+                     details={"email": user.email, "kind": "user", "count": revoked})
+    return revoked
+
+
+def revoke_token(*, token: str, actor: Actor, now: datetime) -> ApiToken | None:
+    """Revoke the live API token (a user's or a device's) with this value; the revoked
+    row, or None when no live token has it."""
+    row = db.session.scalar(select(ApiToken).where(
+        ApiToken.token_hash == crypto.keyed_hash(token), ApiToken.revoked_at.is_(None)))
+    if row is None:
+        return None
+    revoked = db.session.execute(
+        update(ApiToken).where(ApiToken.id == row.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    if not revoked:  # revoked meanwhile by someone else
+        return None
+    target_type, target_id, department_id, details = _token_owner(row)
+    record_event(actor=actor, action="token.revoked", target_type=target_type,
+                 target_id=target_id, department_id=department_id, now=now,
+                 details={**details, "count": 1})
+    return row
+
+
+def rotate_device_token(*, device: Device, actor: Actor, now: datetime) -> tuple[str, int]:
+    """Revoke the device's live tokens and give it a new one: (the new token, shown once,
+    and how many were revoked)."""
+    # One rotation at a time per device, so two at once leave one live token, not two.
+    db.session.execute(select(Device.id).where(Device.id == device.id).with_for_update())
+    revoked = db.session.execute(
+        update(ApiToken)
+        .where(ApiToken.device_id == device.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    token = crypto.new_token()
+    db.session.add(ApiToken(token_hash=crypto.keyed_hash(token), device_id=device.id,
+                            created_at=now))
+    db.session.flush()
+    record_event(actor=actor, action="token.rotated", target_type="device",
+                 target_id=device.id, department_id=device.department_id, now=now,
+                 details={"device": device.name, "kind": "device", "revoked": revoked})
+    return token, revoked
+
+
 def get_user(user_id: int) -> User:
     user = db.session.get(User, user_id)
     if user is None:
