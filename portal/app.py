@@ -49,7 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
     app.url_map.converters["int"] = IdConverter
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-    _configure_secret_key(app)
+    _configure_keys(app)
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite3")
@@ -65,25 +65,45 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def _configure_secret_key(app: Flask) -> None:
-    """PORTAL_SECRET_KEY in production. Tests pass one in; the demo keeps one in the
-    instance folder (instance/secret_key), which later commands reuse."""
-    if app.config.get("SECRET_KEY"):
+# The keys a deployment sets apart (design.md, "Configuration and commands"), each with
+# the file the demo keeps it in: rotating the secret key (sessions, CSRF) leaves the
+# token hashes, and so every API token and approval link, valid.
+KEYS = (("SECRET_KEY", "secret_key"), ("TOKEN_HASH_KEY", "token_hash_key"))
+MIN_KEY_BYTES = 32
+KEY_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+def _configure_keys(app: Flask) -> None:
+    """PORTAL_SECRET_KEY and PORTAL_TOKEN_HASH_KEY, at least 32 bytes each, in production.
+    Tests pass them in; the demo keeps them in the instance folder (instance/secret_key,
+    instance/token_hash_key), which later commands reuse; tests and debug runs without
+    them get random ones."""
+    production = not (app.testing or app.debug or app.config.get("DEMO"))
+    for name, file_name in KEYS:
+        _configure_key(app, name, Path(app.instance_path) / file_name)
+        key = app.config[name]
+        size = len(key if isinstance(key, bytes) else str(key).encode())
+        if production and size < MIN_KEY_BYTES:
+            raise ConfigurationError(
+                f"PORTAL_{name} is too short ({size} bytes): use at least {MIN_KEY_BYTES} "
+                f"random bytes ({KEY_RECIPE}).")
+
+
+def _configure_key(app: Flask, name: str, key_file: Path) -> None:
+    if app.config.get(name):
         return
-    key_file = Path(app.instance_path) / "secret_key"
     if app.config.get("DEMO") and not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(48))
         key_file.chmod(0o600)
     if key_file.exists():
-        app.config["SECRET_KEY"] = key_file.read_text().strip()
+        app.config[name] = key_file.read_text().strip()
         return
     if app.testing or app.debug:
-        app.config["SECRET_KEY"] = secrets.token_urlsafe(48)
+        app.config[name] = secrets.token_urlsafe(48)
         return
     raise ConfigurationError(
-        "PORTAL_SECRET_KEY is not set. Set it to a long random value "
-        "(python -c 'import secrets; print(secrets.token_urlsafe(48))') before starting "
-        "Session Gate in production."
+        f"PORTAL_{name} is not set. Set it to a long random value ({KEY_RECIPE}) "
+        "before starting Session Gate in production."
     )
 
 

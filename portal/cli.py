@@ -1,6 +1,7 @@
 """Flask commands (design.md, "Configuration and commands"). Each commits once."""
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 
 import click
@@ -125,6 +126,20 @@ def init_commands(app: Flask) -> None:
                    "Its agent token (shown once):")
         click.echo(token)
 
+    @devices_group.command("rotate-token")
+    @click.argument("name")
+    def rotate_device_token(name: str) -> None:
+        """Revoke the device's agent tokens and print a new one (shown once, on the last
+        line)."""
+        device = devices.find_device(name.strip())
+        if device is None:
+            raise click.ClickException(f"No device named “{name.strip()}”.")
+        token, revoked = accounts.rotate_device_token(device=device, actor=CLI, now=_now())
+        db.session.commit()
+        click.echo(f"Revoked {revoked} token(s) of device {device.name}; the old ones get "
+                   "401 from now on. Its new agent token (shown once):")
+        click.echo(token)
+
     @app.cli.group("tokens", help="Manage API tokens.")
     def tokens_group() -> None:
         pass
@@ -140,6 +155,39 @@ def init_commands(app: Flask) -> None:
         db.session.commit()
         click.echo(f"API token for {user.email} (shown once):")
         click.echo(token)
+
+    @tokens_group.command("revoke")
+    @click.argument("token", required=False)
+    @click.option("--user", "email", help="Revoke every API token of this user.")
+    def revoke_token(token: str | None, email: str | None) -> None:
+        """Revoke one API token, given as TOKEN or on standard input (so it stays out of
+        the shell history), or with --user EMAIL every token of that user."""
+        if email is not None:
+            if token is not None:
+                raise click.ClickException("Give a token or --user EMAIL, not both.")
+            user = accounts.find_user(email)
+            if user is None:
+                raise click.ClickException(f"No user {email}.")
+            revoked = accounts.revoke_user_tokens(user=user, actor=CLI, now=_now())
+            db.session.commit()
+            click.echo(f"Revoked {revoked} API token(s) of {user.email}." if revoked
+                       else f"{user.email} has no live API tokens.")
+            return
+        if token is None or token == "-":
+            token = (click.prompt("Token to revoke", hide_input=True)
+                     if sys.stdin.isatty() else sys.stdin.readline())
+        token = token.strip()
+        if not token:
+            raise click.ClickException(
+                "Give the token to revoke (as an argument or on standard input), "
+                "or --user EMAIL.")
+        row = accounts.revoke_token(token=token, actor=CLI, now=_now())
+        if row is None:
+            raise click.ClickException("No live API token matches (unknown or revoked).")
+        db.session.commit()
+        owner = f"device {row.device.name}" if row.device else f"user {row.user.email}"
+        click.echo(f"Revoked the API token of {owner}, created "
+                   f"{row.created_at:%Y-%m-%d %H:%M} UTC.")
 
     @app.cli.command("scheduler")
     @click.option("--wait/--no-wait", default=True,

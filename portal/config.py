@@ -2,13 +2,18 @@
 
 
 class DefaultConfig:
-    SECRET_KEY: str | None = None
+    SECRET_KEY: str | None = None  # sessions and CSRF
+    TOKEN_HASH_KEY: str | None = None  # keyed hashes of tokens, sign-in sessions and links
     SQLALCHEMY_DATABASE_URI: str | None = None  # None: SQLite file in the instance folder
     SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_SECURE = False
     PERMANENT_SESSION_LIFETIME = 8 * 3600
+    # A sign-in session ends on the server this long after sign-in, or after this long
+    # without a request, whichever comes first.
+    SESSION_ABSOLUTE_LIFETIME_SECONDS = 12 * 3600
+    SESSION_IDLE_TIMEOUT_SECONDS = 30 * 60
     REMEMBER_COOKIE_DURATION = 0
     WTF_CSRF_TIME_LIMIT = 8 * 3600
     MAX_CONTENT_LENGTH = 64 * 1024

@@ -58,7 +58,8 @@ DESIGN_DEFAULTS = {
 
 TEST_CONFIG = {
     "TESTING": True,
-    "SECRET_KEY": "test-secret-key",
+    "SECRET_KEY": "test-secret-key, as long as production asks",
+    "TOKEN_HASH_KEY": "test-token-hash-key, apart from the secret",
     "WTF_CSRF_ENABLED": False,
     # Cheap hashes keep the suite fast; the production cost is tested on its own.
     "ARGON2_TIME_COST": 1,

@@ -7,21 +7,21 @@ from sqlalchemy import func, select, text
 
 from portal import demo
 from portal.extensions import db
-from portal.models import Department, Device, DeviceGroup, Exclusion, Membership, User
-from portal.services import accounts, departments
+from portal.models import AuditEvent, Department, Device, DeviceGroup, Exclusion, Membership, User
+from portal.services import accounts, crypto, departments
 from portal.services.actors import CLI
 
 # --- departments -----------------------------------------------------------------------
 
 
-def invoke(runner, *args):
-    result = runner.invoke(args=list(args))
+def invoke(runner, *args, input=None):
+    result = runner.invoke(args=list(args), input=input)
     db.session.expire_all()
     return result
 
 
-def ok(runner, *args):
-    result = invoke(runner, *args)
+def ok(runner, *args, input=None):
+    result = invoke(runner, *args, input=input)
     assert result.exit_code == 0, result.output
     return result
 
@@ -119,7 +119,7 @@ def test_users_disable_ends_sessions_and_tokens(runner, make):
     db.session.commit()
     result = ok(runner, "users", "disable", "tech@example.com")
     assert "Disabled tech@example.com" in result.output
-    assert accounts.load_signed_in_user(session_token) is None
+    assert accounts.load_signed_in_user(session_token, now=NOW) is None
     assert accounts.find_token(api_token) is None
     assert accounts.find_user("tech@example.com").is_enabled is False
     unknown = invoke(runner, "users", "disable", "nobody@example.com")
@@ -171,6 +171,107 @@ def test_tokens_create_prints_a_working_user_token_on_the_last_line(runner, make
     assert found.user.email == "tech@example.com" and found.device is None
     unknown = invoke(runner, "tokens", "create", "--user", "nobody@example.com")
     assert unknown.exit_code != 0 and "No user nobody@example.com." in unknown.output
+
+
+def api_status(client, token, path="/api/v1/session-requests/1"):
+    return client.get(path, headers={"Authorization": f"Bearer {token}"}).status_code
+
+
+def token_events(action):
+    return list(db.session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+def assert_no_secret(event, *tokens):
+    dumped = repr({c.name: getattr(event, c.name) for c in AuditEvent.__table__.columns})
+    for token in tokens:
+        assert token not in dumped and crypto.keyed_hash(token) not in dumped
+
+
+def test_tokens_revoke_user_ends_every_api_token_of_that_user(runner, client, make):
+    make.user("tech@example.com")
+    make.user("other@example.com")
+    first, second = (last_line(ok(runner, "tokens", "create", "--user", "tech@example.com"))
+                     for _ in range(2))
+    other = last_line(ok(runner, "tokens", "create", "--user", "other@example.com"))
+    assert api_status(client, first) == api_status(client, second) == 404  # known, no request
+
+    result = ok(runner, "tokens", "revoke", "--user", "Tech@Example.com")
+    assert "Revoked 2 API token(s) of tech@example.com." in result.output
+    assert api_status(client, first) == api_status(client, second) == 401
+    assert api_status(client, other) == 404
+    (event,) = token_events("token.revoked")
+    assert (event.actor, event.target_type, event.details) == (
+        "cli", "user", {"email": "tech@example.com", "kind": "user", "count": 2})
+    assert_no_secret(event, first, second)
+
+    again = ok(runner, "tokens", "revoke", "--user", "tech@example.com")
+    assert "tech@example.com has no live API tokens." in again.output
+    assert len(token_events("token.revoked")) == 1
+    unknown = invoke(runner, "tokens", "revoke", "--user", "nobody@example.com")
+    assert unknown.exit_code != 0 and "No user nobody@example.com." in unknown.output
+
+
+def test_tokens_revoke_one_token_read_from_stdin_or_the_argument(runner, client, make):
+    make.user("tech@example.com")
+    department = make.department()
+    tokens = [last_line(ok(runner, "tokens", "create", "--user", "tech@example.com"))
+              for _ in range(3)]
+    device_token = last_line(ok(runner, "devices", "create", "PC-1", "--department",
+                                department.name))
+
+    from_stdin = runner.invoke(args=["tokens", "revoke"], input=tokens[0] + "\n")
+    assert from_stdin.exit_code == 0, from_stdin.output
+    assert "Revoked the API token of user tech@example.com, created" in from_stdin.output
+    assert tokens[0] not in from_stdin.output
+    ok(runner, "tokens", "revoke", "-", input=tokens[1])
+    assert "of device PC-1" in ok(runner, "tokens", "revoke", device_token).output
+    db.session.expire_all()
+    assert [api_status(client, t) for t in tokens] == [401, 401, 404]
+    assert api_status(client, device_token, "/api/v1/agent/prompts") == 401
+
+    events = token_events("token.revoked")
+    assert [(e.target_type, e.details["kind"], e.details["count"]) for e in events] == [
+        ("user", "user", 1), ("user", "user", 1), ("device", "device", 1)]
+    for event in events:
+        assert_no_secret(event, *tokens, device_token)
+
+    for args, stdin, message in [
+        (["tokens", "revoke"], tokens[0], "No live API token matches"),  # revoked already
+        (["tokens", "revoke", "made-up-token"], None, "No live API token matches"),
+        (["tokens", "revoke"], "\n", "Give the token to revoke"),
+        (["tokens", "revoke", tokens[2], "--user", "tech@example.com"], None, "not both"),
+    ]:
+        result = runner.invoke(args=args, input=stdin)
+        assert result.exit_code != 0 and message in result.output, args
+    assert [api_status(client, t) for t in tokens] == [401, 401, 404]
+    assert len(token_events("token.revoked")) == 3
+
+
+def test_devices_rotate_token_revokes_the_old_and_prints_the_new_on_the_last_line(
+        runner, client, make):
+    department = make.department()
+    old = last_line(ok(runner, "devices", "create", "WIN-0859G9I39J0", "--department",
+                       department.name))
+    assert api_status(client, old, "/api/v1/agent/prompts") == 200
+
+    result = ok(runner, "devices", "rotate-token", "WIN-0859G9I39J0")
+    new = last_line(result)
+    assert new == new.strip() and " " not in new and len(new) >= 32 and new != old
+    assert "Revoked 1 token(s) of device WIN-0859G9I39J0" in result.output
+    assert api_status(client, old, "/api/v1/agent/prompts") == 401
+    assert api_status(client, new, "/api/v1/agent/prompts") == 200
+
+    newest = last_line(ok(runner, "devices", "rotate-token", "WIN-0859G9I39J0"))
+    assert api_status(client, new, "/api/v1/agent/prompts") == 401
+    assert api_status(client, newest, "/api/v1/agent/prompts") == 200
+    events = token_events("token.rotated")
+    assert [(e.actor, e.target_type, e.department_id, e.details) for e in events] == [
+        ("cli", "device", department.id,
+         {"device": "WIN-0859G9I39J0", "kind": "device", "revoked": 1})] * 2
+    for event in events:
+        assert_no_secret(event, old, new, newest)
+    unknown = invoke(runner, "devices", "rotate-token", "NOPE")
+    assert unknown.exit_code != 0 and "No device named “NOPE”." in unknown.output
 
 
 # --- audit verify ----------------------------------------------------------------------

@@ -10,9 +10,9 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 
 from portal.extensions import db
-from portal.models import ApiToken, Department, Device, LoginSession, LoginThrottle, Membership, User
 from portal.domain.permissions import ALL_ROLES
-from portal.services import crypto, passwords
+from portal.models import ApiToken, Department, Device, LoginSession, Membership, User
+from portal.services import crypto, passwords, throttle
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.unit_of_work import keep_changes
@@ -20,6 +20,7 @@ from portal.domain.errors import InvalidInputError, NotFoundError, ThrottledErro
 
 SIGN_IN_FAILED = "Invalid email or password."
 SIGN_IN_THROTTLED = "Too many sign-in attempts. Try again in {minutes} minute(s)."
+SESSION_TOUCH_INTERVAL = timedelta(minutes=1)  # how stale last_seen_at may get at most
 
 
 def normalize_email(raw: str) -> str:
@@ -148,57 +149,25 @@ class SignInResult:
     session_token: str
 
 
-def _throttle_keys(email: str, client_ip: str) -> list[tuple[str, int]]:
+def _throttle_keys(typed_email: str, client_ip: str) -> list[tuple[str, int]]:
+    """(key, limit): the email's first, then the address's."""
     config = current_app.config
-    keys = [(f"email:{email.strip().lower()[:254]}", config["LOGIN_MAX_FAILURES_PER_EMAIL"])]
+    keys = [(f"email:{typed_email}", config["LOGIN_MAX_FAILURES_PER_EMAIL"])]
     if client_ip:
         keys.append((f"ip:{client_ip}", config["LOGIN_MAX_FAILURES_PER_IP"]))
     return keys
 
 
-def _locked_for(keys: list[tuple[str, int]], now: datetime) -> int:
-    longest = 0
-    for key, _limit in keys:
-        row = db.session.get(LoginThrottle, key)
-        if row is not None and row.locked_until is not None and row.locked_until > now:
-            longest = max(longest, math.ceil((row.locked_until - now).total_seconds()))
-    return longest
-
-
-def _count_failure(keys: list[tuple[str, int]], now: datetime) -> None:
-    config = current_app.config
-    window = timedelta(seconds=config["LOGIN_THROTTLE_WINDOW_SECONDS"])
-    for key, limit in keys:
-        row = db.session.get(LoginThrottle, key)
-        if row is None:
-            row = LoginThrottle(key=key, failures=0, window_started_at=now)
-            db.session.add(row)
-        if now - row.window_started_at > window:
-            row.failures = 0
-            row.window_started_at = now
-        row.failures += 1
-        if row.failures >= limit:
-            row.locked_until = now + timedelta(seconds=config["LOGIN_LOCK_SECONDS"])
-            row.failures = 0
-            row.window_started_at = now
-    db.session.flush()
-
-
-def _clear_failures(email: str) -> None:
-    row = db.session.get(LoginThrottle, f"email:{email}")
-    if row is not None:
-        db.session.delete(row)
-        db.session.flush()
-
-
-def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> SignInResult:
+def sign_in(*, email: str, password: str, client_ip: str, now: datetime,
+            previous_session_token: str | None = None) -> SignInResult:
     """Check the credentials; raise ThrottledError or InvalidInputError with one message
-    that never tells whether the account exists."""
+    that never tells whether the account exists. A browser that was signed in already
+    (`previous_session_token`) has that session ended once the new one starts."""
     # What was typed, as it may be stored and looked up: a control character (NUL can't
     # go into PostgreSQL text) is in no account's email, so it just fails like a typo.
     typed = "".join(ch if ch.isprintable() else "\ufffd" for ch in email.strip().lower())[:254]
     keys = _throttle_keys(typed, client_ip)
-    locked = _locked_for(keys, now)
+    locked = throttle.count_attempt(keys, now)  # before the password is checked
     if locked:
         record_event(actor=Actor(label=typed, client_ip=client_ip), action="auth.sign_in",
                      target_type="user", target_id=typed, now=now, outcome="throttled")
@@ -211,7 +180,6 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
     else:
         ok = passwords.verify_password(user.password_hash, password) and user.is_enabled
     if not ok:
-        _count_failure(keys, now)
         record_event(actor=Actor(label=typed, user_id=user.id if user else None,
                                  client_ip=client_ip),
                      action="auth.sign_in", target_type="user",
@@ -219,10 +187,13 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
         keep_changes()  # the failure counts, and is audited, although the sign-in fails
         raise InvalidInputError({"email": [SIGN_IN_FAILED]})
     assert user is not None
-    _clear_failures(user.email)
+    throttle.forget_attempt(keys[0][0], keys[1:])
+    if previous_session_token:
+        _end_sessions(LoginSession.token_hash == crypto.keyed_hash(previous_session_token),
+                      now=now)
     token = crypto.new_token()
     db.session.add(LoginSession(token_hash=crypto.keyed_hash(token), user_id=user.id,
-                                created_at=now, client_ip=client_ip or None))
+                                created_at=now, last_seen_at=now, client_ip=client_ip or None))
     db.session.flush()
     record_event(actor=Actor.for_user(user, client_ip), action="auth.sign_in",
                  target_type="user", target_id=user.id, now=now)
@@ -230,8 +201,10 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime) -> Sign
     return SignInResult(user=user, session_token=token)
 
 
-def load_signed_in_user(session_token: str) -> User | None:
-    """The user of a live sign-in session, or None (ended, unknown, user disabled)."""
+def load_signed_in_user(session_token: str, *, now: datetime) -> User | None:
+    """The user of a live sign-in session, or None (ended, expired, unknown, user
+    disabled). A session past its absolute lifetime or idle too long is ended here; a live
+    one is marked as seen at most once a minute, so polling rarely writes."""
     row = db.session.scalar(
         select(LoginSession).where(
             LoginSession.token_hash == crypto.keyed_hash(session_token),
@@ -240,17 +213,35 @@ def load_signed_in_user(session_token: str) -> User | None:
     )
     if row is None or not row.user.is_enabled:
         return None
+    config = current_app.config
+    idle = timedelta(seconds=config["SESSION_IDLE_TIMEOUT_SECONDS"])
+    last_seen = row.last_seen_at or row.created_at
+    if (now - row.created_at >= timedelta(seconds=config["SESSION_ABSOLUTE_LIFETIME_SECONDS"])
+            or now - last_seen >= idle):
+        _end_sessions(LoginSession.id == row.id, now=now)
+        keep_changes()  # ended for good, whatever the refused request answers
+        return None
+    touch_every = min(SESSION_TOUCH_INTERVAL, idle / 10)
+    if now - last_seen >= touch_every:
+        db.session.execute(
+            update(LoginSession)
+            .where(LoginSession.id == row.id, LoginSession.ended_at.is_(None),
+                   or_(LoginSession.last_seen_at.is_(None),
+                       LoginSession.last_seen_at <= now - touch_every))
+            .values(last_seen_at=now)
+        )
     row.user.login_session_token = session_token
     return row.user
 
 
-def sign_out(*, user: User, session_token: str, client_ip: str, now: datetime) -> None:
+def _end_sessions(*where, now: datetime) -> None:
     db.session.execute(
-        update(LoginSession)
-        .where(LoginSession.token_hash == crypto.keyed_hash(session_token),
-               LoginSession.ended_at.is_(None))
-        .values(ended_at=now)
+        update(LoginSession).where(*where, LoginSession.ended_at.is_(None)).values(ended_at=now)
     )
+
+
+def sign_out(*, user: User, session_token: str, client_ip: str, now: datetime) -> None:
+    _end_sessions(LoginSession.token_hash == crypto.keyed_hash(session_token), now=now)
     record_event(actor=Actor.for_user(user, client_ip), action="auth.sign_out",
                  target_type="user", target_id=user.id, now=now)
 
@@ -307,6 +298,69 @@ def note_token_used(token: ApiToken, now: datetime) -> None:
                or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= stale))
         .values(last_used_at=now)
         .execution_options(synchronize_session=False))
+
+
+def _token_owner(row: ApiToken) -> tuple[str, int, int | None, dict]:
+    """(target type, target id, department id, details) of a token's audit events."""
+    if row.device is not None:
+        return ("device", row.device.id, row.device.department_id,
+                {"device": row.device.name, "kind": "device"})
+    assert row.user is not None
+    return "user", row.user.id, None, {"email": row.user.email, "kind": "user"}
+
+
+def revoke_user_tokens(*, user: User, actor: Actor, now: datetime) -> int:
+    """Revoke every live API token of the user; how many were live."""
+    revoked = db.session.execute(
+        update(ApiToken)
+        .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    if revoked:
+        record_event(actor=actor, action="token.revoked", target_type="user",
+                     target_id=user.id, now=now,
+                     details={"email": user.email, "kind": "user", "count": revoked})
+    return revoked
+
+
+def revoke_token(*, token: str, actor: Actor, now: datetime) -> ApiToken | None:
+    """Revoke the live API token (a user's or a device's) with this value; the revoked
+    row, or None when no live token has it."""
+    row = db.session.scalar(select(ApiToken).where(
+        ApiToken.token_hash == crypto.keyed_hash(token), ApiToken.revoked_at.is_(None)))
+    if row is None:
+        return None
+    revoked = db.session.execute(
+        update(ApiToken).where(ApiToken.id == row.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    if not revoked:  # revoked meanwhile by someone else
+        return None
+    target_type, target_id, department_id, details = _token_owner(row)
+    record_event(actor=actor, action="token.revoked", target_type=target_type,
+                 target_id=target_id, department_id=department_id, now=now,
+                 details={**details, "count": 1})
+    return row
+
+
+def rotate_device_token(*, device: Device, actor: Actor, now: datetime) -> tuple[str, int]:
+    """Revoke the device's live tokens and give it a new one: (the new token, shown once,
+    and how many were revoked)."""
+    # One rotation at a time per device, so two at once leave one live token, not two.
+    db.session.execute(select(Device.id).where(Device.id == device.id).with_for_update())
+    revoked = db.session.execute(
+        update(ApiToken)
+        .where(ApiToken.device_id == device.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    token = crypto.new_token()
+    db.session.add(ApiToken(token_hash=crypto.keyed_hash(token), device_id=device.id,
+                            created_at=now))
+    db.session.flush()
+    record_event(actor=actor, action="token.rotated", target_type="device",
+                 target_id=device.id, department_id=device.department_id, now=now,
+                 details={"device": device.name, "kind": "device", "revoked": revoked})
+    return token, revoked
 
 
 def get_user(user_id: int) -> User:

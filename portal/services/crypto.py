@@ -14,7 +14,9 @@ def new_token() -> str:
 
 
 def _key() -> bytes:
-    key = current_app.config.get("TOKEN_HASH_KEY") or current_app.config["SECRET_KEY"]
+    """PORTAL_TOKEN_HASH_KEY: apart from the secret key, so rotating that one keeps every
+    token, sign-in session and link."""
+    key = current_app.config["TOKEN_HASH_KEY"]
     return hashlib.sha256(b"session-gate token hash\n" + str(key).encode()).digest()
 
 

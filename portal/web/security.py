@@ -21,7 +21,7 @@ CSP = (
 def init_security(app: Flask) -> None:
     @login_manager.user_loader
     def load_user(session_token: str):
-        return accounts.load_signed_in_user(session_token)
+        return accounts.load_signed_in_user(session_token, now=utcnow())
 
     @login_manager.unauthorized_handler
     def unauthorized():

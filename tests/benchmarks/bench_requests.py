@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import secrets
 import statistics
 import sys
 import tempfile
@@ -181,7 +182,9 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="portal-bench-") as tmp:
         uri = args.database_uri or "sqlite:///" + str(Path(tmp) / "bench.sqlite3")
-        app = create_app({"SECRET_KEY": "bench", "SQLALCHEMY_DATABASE_URI": uri,
+        app = create_app({"SECRET_KEY": secrets.token_urlsafe(48),
+                          "TOKEN_HASH_KEY": secrets.token_urlsafe(48),
+                          "SQLALCHEMY_DATABASE_URI": uri,
                           "BASE_URL": "http://portal.bench", "ARGON2_TIME_COST": 1,
                           "ARGON2_MEMORY_COST_KIB": 8, "ARGON2_PARALLELISM": 1})
         with app.app_context():

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from argon2 import Type, extract_parameters
 from conftest import NOW, PASSWORD, TEST_CONFIG
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from portal import create_app
 from portal.config import DefaultConfig
@@ -52,6 +52,17 @@ def database_text() -> str:
     return "\n".join(chunks)
 
 
+def load(session_token, now=NOW):
+    user = accounts.load_signed_in_user(session_token, now=now)
+    db.session.commit()  # as a request does: keep the session's end or its last use
+    return user
+
+
+def session_row(session_token) -> LoginSession:
+    return db.session.scalar(select(LoginSession).where(
+        LoginSession.token_hash == crypto.keyed_hash(session_token)))
+
+
 def events(action=None):
     query = select(AuditEvent).order_by(AuditEvent.seq)
     if action:
@@ -71,7 +82,7 @@ def test_sign_in_creates_a_session_storing_only_the_token_hash(user):
     assert row.token_hash != result.session_token
     assert row.created_at == NOW and row.ended_at is None and row.client_ip == IP
     assert result.session_token not in database_text()
-    assert accounts.load_signed_in_user(result.session_token).id == user.id
+    assert load(result.session_token).id == user.id
 
 
 def test_every_sign_in_gets_its_own_session(user):
@@ -161,6 +172,18 @@ def test_failures_older_than_the_window_are_forgotten(user):
     assert sign_in(now=NOW + window + timedelta(seconds=2)).user.id == user.id
 
 
+def test_the_address_counts_failures_only(app, user):
+    app.config["LOGIN_MAX_FAILURES_PER_IP"] = 3
+    for i in range(5):  # successes from the address never add up to a lock
+        sign_in(now=NOW + timedelta(seconds=i))
+    for i, email in enumerate(["a@example.com", "b@example.com", "c@example.com"]):
+        assert isinstance(fail(email=email, now=NOW + timedelta(seconds=10 + i)),
+                          InvalidInputError)
+    # Three failures for three emails: the address is locked, for every email.
+    assert isinstance(fail(password=PASSWORD, now=NOW + timedelta(seconds=20)), ThrottledError)
+    assert sign_in(client_ip="198.51.100.9", now=NOW + timedelta(seconds=21)).user.id == user.id
+
+
 def test_sign_in_is_audited_without_the_password(user):
     wrong = "Wrong-Horse-Battery-42"
     sign_in()
@@ -192,13 +215,98 @@ def test_sign_out_ends_only_that_session(user):
     accounts.sign_out(user=user, session_token=first.session_token, client_ip=IP,
                       now=NOW + timedelta(minutes=5))
     db.session.commit()
-    assert accounts.load_signed_in_user(first.session_token) is None
-    assert accounts.load_signed_in_user(second.session_token).id == user.id
+    assert load(first.session_token) is None
+    assert load(second.session_token).id == user.id
     assert [e.action for e in events("auth.sign_out")] == ["auth.sign_out"]
 
 
+LIFETIME = timedelta(seconds=DefaultConfig.SESSION_ABSOLUTE_LIFETIME_SECONDS)
+IDLE = timedelta(seconds=DefaultConfig.SESSION_IDLE_TIMEOUT_SECONDS)
+
+
+def test_session_lifetimes_default_to_twelve_hours_and_thirty_idle_minutes():
+    assert (LIFETIME, IDLE) == (timedelta(hours=12), timedelta(minutes=30))
+
+
+def test_a_session_in_use_ends_at_its_absolute_lifetime(user):
+    token = sign_in().session_token
+    used = NOW
+    while used + timedelta(minutes=20) < NOW + LIFETIME:
+        used += timedelta(minutes=20)
+        assert load(token, now=used).id == user.id  # never idle for long
+    assert load(token, now=NOW + LIFETIME - timedelta(seconds=1)).id == user.id
+    assert load(token, now=NOW + LIFETIME) is None
+    assert session_row(token).ended_at == NOW + LIFETIME
+    assert load(token, now=NOW + LIFETIME + timedelta(seconds=1)) is None
+    assert session_row(token).ended_at == NOW + LIFETIME  # ended once
+
+
+def test_a_session_ends_after_the_idle_timeout_counted_from_its_last_use(user):
+    token = sign_in().session_token
+    assert load(token, now=NOW + IDLE - timedelta(seconds=1)).id == user.id
+    last_use = NOW + IDLE - timedelta(seconds=1)
+    assert load(token, now=last_use + IDLE - timedelta(seconds=1)).id == user.id
+    later = last_use + IDLE - timedelta(seconds=1)
+    assert load(token, now=later + IDLE) is None
+    assert session_row(token).ended_at == later + IDLE
+    # Coming back before the lifetime ends does not revive it.
+    assert load(token, now=later + IDLE + timedelta(seconds=1)) is None
+
+
+def test_the_lifetimes_are_configurable(app, user):
+    app.config["SESSION_IDLE_TIMEOUT_SECONDS"] = 60
+    app.config["SESSION_ABSOLUTE_LIFETIME_SECONDS"] = 120
+    idle, aged = sign_in().session_token, sign_in().session_token
+    assert load(idle, now=NOW + timedelta(seconds=60)) is None
+    assert load(aged, now=NOW + timedelta(seconds=59)).id == user.id
+    assert load(aged, now=NOW + timedelta(seconds=118)).id == user.id
+    assert load(aged, now=NOW + timedelta(seconds=120)) is None
+
+
+def test_polling_marks_the_session_used_at_most_once_a_minute(app, user):
+    token = sign_in().session_token
+    writes = []
+
+    def count_updates(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("UPDATE LOGIN_SESSIONS"):
+            writes.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count_updates)
+    try:
+        for second in range(0, 60, 2):  # a page polling every two seconds
+            assert load(token, now=NOW + timedelta(seconds=second)).id == user.id
+        assert writes == [] and session_row(token).last_seen_at == NOW
+        assert load(token, now=NOW + timedelta(seconds=60)).id == user.id
+        assert len(writes) == 1 and session_row(token).last_seen_at == NOW + timedelta(
+            seconds=60)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count_updates)
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(user, make):
+    other = make.user("other@example.com", "approver")
+    first = sign_in()
+    again = accounts.sign_in(email="other@example.com", password=PASSWORD, client_ip=IP,
+                             now=NOW + timedelta(minutes=1),
+                             previous_session_token=first.session_token)
+    db.session.commit()
+    assert load(first.session_token, now=NOW + timedelta(minutes=2)) is None
+    assert session_row(first.session_token).ended_at == NOW + timedelta(minutes=1)
+    assert load(again.session_token, now=NOW + timedelta(minutes=2)).id == other.id
+
+
+def test_a_failed_sign_in_keeps_the_browsers_session(user):
+    first = sign_in()
+    try:
+        accounts.sign_in(email=EMAIL, password="wrong password!", client_ip=IP, now=NOW,
+                         previous_session_token=first.session_token)
+    except InvalidInputError:
+        db.session.commit()
+    assert load(first.session_token).id == user.id
+
+
 def test_unknown_session_token_loads_nobody(user):
-    assert accounts.load_signed_in_user("made-up-token") is None
+    assert load("made-up-token") is None
 
 
 def test_disabling_a_user_ends_sessions_and_revokes_tokens_for_good(user):
@@ -209,14 +317,14 @@ def test_disabling_a_user_ends_sessions_and_revokes_tokens_for_good(user):
 
     accounts.set_user_enabled(user=user, enabled=False, actor=CLI, now=NOW)
     db.session.commit()
-    assert accounts.load_signed_in_user(session_token) is None
+    assert load(session_token) is None
     assert accounts.find_token(api_token) is None
     assert [e.action for e in events("user.disabled")] == ["user.disabled"]
 
     # Enabling again does not bring the old session or token back.
     accounts.set_user_enabled(user=user, enabled=True, actor=CLI, now=NOW)
     db.session.commit()
-    assert accounts.load_signed_in_user(session_token) is None
+    assert load(session_token) is None
     assert accounts.find_token(api_token) is None
     assert sign_in().user.id == user.id
 

@@ -58,7 +58,8 @@ def _call(url: str, method: str = "GET", token: str | None = None, body=None,
 def env(app):
     return {
         **os.environ,
-        "PORTAL_SECRET_KEY": app.config["SECRET_KEY"],  # token hashes are keyed by it
+        "PORTAL_SECRET_KEY": app.config["SECRET_KEY"],
+        "PORTAL_TOKEN_HASH_KEY": app.config["TOKEN_HASH_KEY"],  # token hashes are keyed by it
         "PORTAL_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
         "PORTAL_ARGON2_TIME_COST": "1",
         "PORTAL_ARGON2_MEMORY_COST_KIB": "8",

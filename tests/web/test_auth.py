@@ -1,10 +1,14 @@
 """Signing in and out (security.md 30–33): next=, session rotation, replay, throttling."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from conftest import NOW, PASSWORD
+from sqlalchemy import update
 
 from portal.extensions import db
+from portal.models import LoginSession
 from portal.services import accounts
 from portal.services.actors import CLI
 
@@ -218,3 +222,43 @@ def test_disabling_the_user_ends_their_browser_session(client, auth, user):
 def test_failed_sign_in_never_stores_the_password(client, auth, user):
     auth.login(EMAIL, password="my-secret-typo-123")
     assert "my-secret-typo-123" not in repr(snapshot())
+
+
+def backdate_sessions(**ago) -> None:
+    """Move every sign-in session's times into the past, as if that much time had gone."""
+    now = datetime.now(timezone.utc)
+    db.session.execute(update(LoginSession).values(
+        **{column: now - delta for column, delta in ago.items()}))
+    db.session.commit()
+
+
+def test_a_session_idle_too_long_is_sent_to_sign_in(client, auth, user):
+    auth.login(EMAIL)
+    backdate_sessions(created_at=timedelta(minutes=40), last_seen_at=timedelta(minutes=29))
+    assert signed_in(client)  # used 29 minutes ago: still alive
+    backdate_sessions(created_at=timedelta(minutes=40), last_seen_at=timedelta(minutes=31))
+    response = client.get("/departments")
+    assert response.status_code == 302
+    assert location(response) == ("/login", {"next": ["/departments"]})
+
+
+def test_a_session_past_its_lifetime_is_sent_to_sign_in_even_in_use(client, auth, user):
+    auth.login(EMAIL)
+    backdate_sessions(created_at=timedelta(hours=12, seconds=1), last_seen_at=timedelta(0))
+    response = client.get("/departments")
+    assert response.status_code == 302
+    assert location(response)[0] == "/login"
+    # Signing in again gives a fresh session.
+    assert auth.login(EMAIL).status_code == 303
+    assert signed_in(client)
+
+
+def test_signing_in_again_ends_the_previous_session_of_the_browser(client, auth, user, make):
+    make.user("bob@example.com", "auditor", make.department("QA Team"))
+    auth.login(EMAIL)
+    old_cookie = client.get_cookie("session").value
+    assert auth.login("bob@example.com").status_code == 303  # the same browser, as Bob
+    assert "bob@example.com" in client.get("/").get_data(as_text=True)
+    replay = client.application.test_client()
+    replay.set_cookie("session", old_cookie)
+    assert not signed_in(replay)

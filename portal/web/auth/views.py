@@ -24,9 +24,11 @@ def login():
     if request.method == "POST":
         status = 422
         if form.validate_on_submit():
+            previous = current_user.get_id() if current_user.is_authenticated else None
             try:
                 result = accounts.sign_in(email=form.email.data, password=form.password.data,
-                                          client_ip=client_ip(), now=utcnow())
+                                          client_ip=client_ip(), now=utcnow(),
+                                          previous_session_token=previous)
             except ThrottledError as exc:
                 form.email.errors = [exc.message]
                 status = 429
