@@ -110,7 +110,8 @@ def snapshot(request_id):
     db.session.expire_all()
     return (db.session.execute(select(SessionRequest.__table__).where(
         SessionRequest.id == request_id)).one()._asdict(),
-        [r._asdict() for r in db.session.execute(select(ApprovalLink.__table__))],
+        [r._asdict() for r in db.session.execute(
+            select(ApprovalLink.__table__).order_by(ApprovalLink.id))],
         events("request.decided"))
 
 
