@@ -14,6 +14,7 @@ from werkzeug.routing import IntegerConverter
 
 from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
+from portal.json_input import JSONProvider
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +42,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # Where the SQLite file and the demo's secret key live; <project>/instance by default.
         instance_path=config.get("INSTANCE_PATH") or os.environ.get("PORTAL_INSTANCE_PATH"),
     )
+    app.json = JSONProvider(app)
     app.config.from_object(DefaultConfig)
     app.config.from_prefixed_env("PORTAL")
     if config:

@@ -11,6 +11,7 @@ from portal.api.auth import device_token_required, user_token_required
 from portal.api.serializers import iso, prompt_object, request_object
 from portal.domain import requests as rules
 from portal.extensions import db
+from portal.json_input import UnusableJSONError
 from portal.services import agents, requests as service
 from portal.services.actors import Actor
 from portal.services.errors import ServiceError
@@ -31,11 +32,22 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+SEND_AN_OBJECT = "Send a JSON object (Content-Type: application/json)."
+
+
 def body() -> dict:
-    """The JSON object of the request, or 400."""
-    data = request.get_json(silent=True)
+    """The JSON object of the request, or 400. Read through the app's JSON provider
+    (portal.json_input), which refuses nesting too deep to decode and lone surrogates."""
+    if not request.is_json:
+        raise BadRequestError(SEND_AN_OBJECT)
+    try:
+        data = current_app.json.loads(request.get_data(cache=True))
+    except UnusableJSONError as exc:
+        raise BadRequestError(str(exc)) from None
+    except ValueError:  # not JSON, or not UTF-8
+        data = None
     if not isinstance(data, dict):
-        raise BadRequestError("Send a JSON object (Content-Type: application/json).")
+        raise BadRequestError(SEND_AN_OBJECT)
     return data
 
 
