@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from portal.client_address import ValidRemoteAddr
 from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
 from portal.json_input import JSONProvider
@@ -54,7 +55,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite3")
         )
-    if app.config.get("PROXY_FIX_X_FOR"):
+    app.wsgi_app = ValidRemoteAddr(app.wsgi_app)  # type: ignore[method-assign]
+    if app.config.get("PROXY_FIX_X_FOR"):  # outside it: ProxyFix sets what it checks
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_FIX_X_FOR"]),
                                 x_proto=1)  # type: ignore[method-assign]
 

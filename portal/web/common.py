@@ -16,6 +16,7 @@ def utcnow() -> datetime:
 
 
 def client_ip() -> str:
+    """A valid IP address or "" (portal.client_address checks it for web and API alike)."""
     return request.remote_addr or ""
 
 
