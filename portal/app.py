@@ -99,6 +99,16 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
         cursor.close()
 
 
+@event.listens_for(Engine, "savepoint")
+def _sqlite_savepoint_inside_a_transaction(conn, name) -> None:
+    """Python's sqlite3 issues no BEGIN before a SAVEPOINT, so a savepoint that opened the
+    transaction became it: releasing it committed, and a later rollback kept its rows.
+    Begin the transaction first, as the driver would for an INSERT."""
+    driver = conn.connection.driver_connection
+    if type(driver).__module__.startswith("sqlite3") and not driver.in_transaction:
+        driver.execute("BEGIN")
+
+
 def register_extensions(app: Flask) -> None:
     from portal import models  # noqa: F401  (tables known to Alembic)
 

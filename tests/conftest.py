@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from portal import create_app
 from portal.extensions import db
@@ -139,6 +139,27 @@ def app(_database, app_config):
     ctx.pop()
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture
+def interleave(app):
+    """Someone else's change landing between our check and our write, deterministically:
+    after interleave("INSERT INTO devices", other), `other()` runs and commits in an app
+    context (a session and a connection) of its own just before the next statement that
+    starts so — e.g. our INSERT, after our "does it exist?" check found nothing."""
+    armed: list = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        for item in list(armed):
+            if statement.startswith(item[0]):
+                armed.remove(item)
+                with app.app_context():
+                    item[1]()
+                    db.session.commit()
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    yield lambda prefix, other: armed.append((prefix, other))
+    event.remove(db.engine, "before_cursor_execute", before)
 
 
 @pytest.fixture

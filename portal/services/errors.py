@@ -25,8 +25,15 @@ class ForbiddenError(ServiceError):
 
 
 class ConflictError(ServiceError):
+    """The state changed under the request (e.g. someone created the same name at the
+    same moment); `field`, when given, is the form field the message belongs to."""
+
     status = 409
     code = "conflict"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field_errors = {field: [message]} if field else {}
 
 
 class InvalidInputError(ServiceError):

@@ -39,19 +39,21 @@ def index():
 def create():
     _require_admin()
     form = DepartmentForm()
+    status = 422
     if form.validate_on_submit():
         try:
             department = service.create_department(name=form.name.data, actor=current_actor(),
                                                    now=utcnow())
         except (InvalidInputError, ConflictError) as exc:
             db.session.rollback()
-            apply_errors(form, getattr(exc, "field_errors", {"name": [exc.message]}))
+            apply_errors(form, exc.field_errors)
+            status = exc.status
         else:
             db.session.commit()
             return done(f"Department “{department.name}” created.",
                         url_for("departments.settings", department_id=department.id))
     return render_template("departments/index.html", form=form,
-                           departments=authz.departments_of(current_user)), 422
+                           departments=authz.departments_of(current_user)), status
 
 
 @bp.route("/<int:department_id>/edit", methods=["GET", "POST"])
@@ -67,9 +69,10 @@ def edit(department_id: int):
             try:
                 service.rename_department(department=department, name=form.name.data,
                                           actor=current_actor(), now=utcnow())
-            except InvalidInputError as exc:
+            except (InvalidInputError, ConflictError) as exc:
                 db.session.rollback()
                 apply_errors(form, exc.field_errors)
+                status = exc.status
             else:
                 db.session.commit()
                 return done("Department renamed.",
@@ -174,13 +177,15 @@ def add_exclusion(department_id: int):
     form = _exclusion_form(department, formdata=request.form)
     settings_url = url_for("departments.settings", department_id=department.id,
                            _anchor="exclusions")
+    status = 422
     if form.validate_on_submit():
         try:
             exclusion = service.add_exclusion(department=department, target=form.target.data,
                                               actor=current_actor(), now=utcnow())
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             db.session.rollback()
             apply_errors(form, exc.field_errors)
+            status = exc.status
         else:
             db.session.commit()
             name = (exclusion.device or exclusion.group).name
@@ -189,12 +194,12 @@ def add_exclusion(department_id: int):
                 return _exclusions_fragment(department, message=message)
             return done(message, settings_url)
     if is_htmx():
-        return _exclusions_fragment(department, status=422, exclusion_form=form,
+        return _exclusions_fragment(department, status=status, exclusion_form=form,
                                     message=form.target.errors[0] if form.target.errors
                                     else "Choose a device or a group.", category="error")
     form_page = SettingsForm(data=service.settings_values(department.settings))
     return render_template("departments/settings.html",
-                           **_settings_context(department, form_page, form)), 422
+                           **_settings_context(department, form_page, form)), status
 
 
 @bp.post("/<int:department_id>/exclusions/<int:exclusion_id>/delete")

@@ -7,7 +7,7 @@ from wtforms.fields.choices import SelectChoice
 
 from portal.extensions import db
 from portal.services import authz, devices as service
-from portal.services.errors import InvalidInputError
+from portal.services.errors import ConflictError, InvalidInputError
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -55,20 +55,22 @@ def index(department_id: int):
 def create(department_id: int):
     department = department_or_403(department_id, authz.MANAGE)
     form = _device_form(department)
+    status = 422
     if form.validate_on_submit():
         try:
             device, token = service.create_device(
                 department=department, name=form.name.data, os=form.os.data,
                 ip_address=form.ip_address.data, group_id=form.group_id.data,
                 actor=current_actor(), now=utcnow())
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             db.session.rollback()
             apply_errors(form, exc.field_errors)
+            status = exc.status
         else:
             db.session.commit()
             return render_template("devices/created.html", department=department,
                                    device=device, token=token), 201
-    return _list_page(department, form, status=422)
+    return _list_page(department, form, status=status)
 
 
 @bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])
@@ -86,10 +88,11 @@ def edit(department_id: int, device_id: int):
                                       ip_address=form.ip_address.data,
                                       group_id=form.group_id.data,
                                       actor=current_actor(), now=utcnow())
-            except InvalidInputError as exc:
+            except (InvalidInputError, ConflictError) as exc:
                 db.session.rollback()
                 device = service.get_device(department, device_id)
                 apply_errors(form, exc.field_errors)
+                status = exc.status
             else:
                 db.session.commit()
                 return done(f"Device “{device.name}” saved.",
@@ -136,18 +139,20 @@ def groups(department_id: int):
 def create_group(department_id: int):
     department = department_or_403(department_id, authz.MANAGE)
     form = GroupForm()
+    status = 422
     if form.validate_on_submit():
         try:
             group = service.create_group(department=department, name=form.name.data,
                                          actor=current_actor(), now=utcnow())
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             db.session.rollback()
             apply_errors(form, exc.field_errors)
+            status = exc.status
         else:
             db.session.commit()
             return done(f"Group “{group.name}” created.",
                         url_for("devices.groups", department_id=department.id))
-    return _groups_page(department, form, status=422)
+    return _groups_page(department, form, status=status)
 
 
 @bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
@@ -162,10 +167,11 @@ def edit_group(department_id: int, group_id: int):
             try:
                 service.rename_group(department=department, group=group, name=form.name.data,
                                      actor=current_actor(), now=utcnow())
-            except InvalidInputError as exc:
+            except (InvalidInputError, ConflictError) as exc:
                 db.session.rollback()
                 group = service.get_group(department, group_id)
                 apply_errors(form, exc.field_errors)
+                status = exc.status
             else:
                 db.session.commit()
                 return done("Group renamed.", url_for("devices.groups",

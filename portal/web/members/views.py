@@ -6,7 +6,7 @@ from flask_login import current_user, login_required
 
 from portal.extensions import db
 from portal.services import accounts, authz, members as service
-from portal.services.errors import InvalidInputError
+from portal.services.errors import ConflictError, InvalidInputError
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -46,21 +46,23 @@ def index(department_id: int):
 def add(department_id: int):
     department = department_or_403(department_id, authz.MANAGE)
     form = MemberForm()
+    status = 422
     if form.validate_on_submit():
         try:
             user = accounts.create_or_update_user(
                 email=form.email.data, password=form.password.data or None,
                 role=form.role.data, department=department, actor=current_actor(),
                 now=utcnow(), reject_password_for_existing=True)
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             db.session.rollback()
             apply_errors(form, exc.field_errors)
+            status = exc.status
         else:
             db.session.commit()
             return done(f"{user.email} is now {ROLE_NAMES[form.role.data].lower()} "
                         f"of {department.name}.",
                         url_for("members.index", department_id=department.id))
-    return _page(department, form, status=422)
+    return _page(department, form, status=status)
 
 
 @bp.post("/<int:membership_id>/delete")
