@@ -113,33 +113,41 @@ def test_the_same_role_given_meanwhile_is_simply_held(world, make, interleave):
     assert events("member.added") == 2  # technician, and the winner's approver
 
 
-@pytest.mark.parametrize("kind", ["department", "device", "group"])
-def test_a_rename_to_a_name_created_meanwhile(world, interleave, kind):
+def create_taken(kind):
     if kind == "department":
-        thing, table = world, "departments"
-        other = lambda: departments.create_department(name="Taken", actor=CLI, now=NOW)  # noqa: E731
-        rename = lambda: departments.rename_department(  # noqa: E731
-            department=world, name="Taken", actor=CLI, now=NOW)
-        message = "A department named “Taken” already exists."
+        departments.create_department(name="Taken", actor=CLI, now=NOW)
     elif kind == "device":
-        thing, table = devices.find_device("PC-OLD"), "devices"
-        other = lambda: devices.create_device(department=qa(), name="Taken", actor=CLI,  # noqa: E731
-                                              now=NOW)
-        rename = lambda: devices.update_device(  # noqa: E731
-            department=world, device=thing, name="Taken", os="", ip_address="",
-            group_id=None, actor=CLI, now=NOW)
-        message = "A device named “Taken” already exists."
+        devices.create_device(department=qa(), name="Taken", actor=CLI, now=NOW)
     else:
-        thing, table = devices.find_group(world, "Testers"), "device_groups"
-        other = lambda: devices.create_group(department=qa(), name="Taken", actor=CLI,  # noqa: E731
-                                             now=NOW)
-        rename = lambda: devices.rename_group(department=world, group=thing,  # noqa: E731
-                                              name="Taken", actor=CLI, now=NOW)
-        message = "A group named “Taken” already exists here."
+        devices.create_group(department=qa(), name="Taken", actor=CLI, now=NOW)
+
+
+def rename_to_taken(kind, thing):
+    if kind == "department":
+        departments.rename_department(department=thing, name="Taken", actor=CLI, now=NOW)
+    elif kind == "device":
+        devices.update_device(department=qa(), device=thing, name="Taken", os="",
+                              ip_address="", group_id=None, actor=CLI, now=NOW)
+    else:
+        devices.rename_group(department=qa(), group=thing, name="Taken", actor=CLI, now=NOW)
+
+
+RENAMED = {  # kind -> (table, message)
+    "department": ("departments", "A department named “Taken” already exists."),
+    "device": ("devices", "A device named “Taken” already exists."),
+    "group": ("device_groups", "A group named “Taken” already exists here."),
+}
+
+
+@pytest.mark.parametrize("kind", RENAMED)
+def test_a_rename_to_a_name_created_meanwhile(world, interleave, kind):
+    table, message = RENAMED[kind]
+    thing = {"department": world, "device": devices.find_device("PC-OLD"),
+             "group": devices.find_group(world, "Testers")}[kind]
     thing_id = thing.id
-    interleave(f"UPDATE {table} SET", other)
+    interleave(f"UPDATE {table} SET", lambda: create_taken(kind))
     with pytest.raises(ConflictError) as caught:
-        rename()
+        rename_to_taken(kind, thing)
     assert_conflict(caught, message)
     db.session.commit()
     db.session.expire_all()
