@@ -11,7 +11,7 @@ import os
 import threading
 
 import pytest
-from conftest import NOW, PASSWORD
+from factories import NOW, PASSWORD
 from sqlalchemy import func, select
 
 from portal.extensions import db

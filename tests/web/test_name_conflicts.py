@@ -5,7 +5,7 @@ commits the other admin's creation between our check and our INSERT."""
 from __future__ import annotations
 
 import pytest
-from conftest import NOW, PASSWORD
+from factories import NOW, PASSWORD
 from sqlalchemy import func, select
 
 from portal.extensions import db

@@ -4,7 +4,7 @@ never reach a form."""
 from __future__ import annotations
 
 import pytest
-from conftest import NOW
+from factories import NOW
 
 from portal.extensions import db
 from portal.services import departments
