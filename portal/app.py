@@ -12,9 +12,11 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from portal.client_address import ValidRemoteAddr
 from portal.clock import init_clock
 from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
+from portal.json_input import JSONProvider
 from portal.unit_of_work import init_unit_of_work
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # Where the SQLite file and the demo's secret key live; <project>/instance by default.
         instance_path=config.get("INSTANCE_PATH") or os.environ.get("PORTAL_INSTANCE_PATH"),
     )
+    app.json = JSONProvider(app)
     app.config.from_object(DefaultConfig)
     app.config.from_prefixed_env("PORTAL")
     if config:
@@ -54,7 +57,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite3")
         )
-    if app.config.get("PROXY_FIX_X_FOR"):
+    app.wsgi_app = ValidRemoteAddr(app.wsgi_app)  # type: ignore[method-assign]
+    if app.config.get("PROXY_FIX_X_FOR"):  # outside it: ProxyFix sets what it checks
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_FIX_X_FOR"]),
                                 x_proto=1)  # type: ignore[method-assign]
 
@@ -115,6 +119,16 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
+
+
+@event.listens_for(Engine, "savepoint")
+def _sqlite_savepoint_inside_a_transaction(conn, name) -> None:
+    """Python's sqlite3 issues no BEGIN before a SAVEPOINT, so a savepoint that opened the
+    transaction became it: releasing it committed, and a later rollback kept its rows.
+    Begin the transaction first, as the driver would for an INSERT."""
+    driver = conn.connection.driver_connection
+    if type(driver).__module__.startswith("sqlite3") and not driver.in_transaction:
+        driver.execute("BEGIN")
 
 
 def register_extensions(app: Flask) -> None:

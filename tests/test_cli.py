@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NOW, PASSWORD
+from factories import NOW, PASSWORD
 from sqlalchemy import func, select, text
 
 from portal import demo

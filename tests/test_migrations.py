@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from conftest import TEST_CONFIG
+from factories import TEST_CONFIG
 from sqlalchemy import inspect
 
 from portal import create_app

@@ -10,6 +10,7 @@ from portal.api.serializers import iso, prompt_object, request_object
 from portal.clock import request_now as utcnow
 from portal.domain import requests as rules
 from portal.domain.errors import BadRequestError
+from portal.json_input import UnusableJSONError
 from portal.services import agents, decisions, requests as service
 from portal.services.actors import Actor
 
@@ -21,11 +22,22 @@ MAX_WAIT_SECONDS = 30
 ID = "int(max=2147483647)"
 
 
+SEND_AN_OBJECT = "Send a JSON object (Content-Type: application/json)."
+
+
 def body() -> dict:
-    """The JSON object of the request, or 400."""
-    data = request.get_json(silent=True)
+    """The JSON object of the request, or 400. Read through the app's JSON provider
+    (portal.json_input), which refuses nesting too deep to decode and lone surrogates."""
+    if not request.is_json:
+        raise BadRequestError(SEND_AN_OBJECT)
+    try:
+        data = current_app.json.loads(request.get_data(cache=True))
+    except UnusableJSONError as exc:
+        raise BadRequestError(str(exc)) from None
+    except ValueError:  # not JSON, or not UTF-8
+        data = None
     if not isinstance(data, dict):
-        raise BadRequestError("Send a JSON object (Content-Type: application/json).")
+        raise BadRequestError(SEND_AN_OBJECT)
     return data
 
 

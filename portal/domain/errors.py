@@ -42,9 +42,15 @@ class NotFoundError(PortalError):
 
 
 class ConflictError(PortalError):
-    """The change collides with the current state (a name taken, a session ended)."""
+    """The change collides with the current state (a name taken — perhaps by someone at
+    the same moment —, a session ended); `field`, when given, is the form field the
+    message belongs to."""
 
     code = "conflict"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field_errors = {field: [message]} if field else {}
 
 
 class AlreadyDecidedError(ConflictError):

@@ -15,8 +15,9 @@ from portal.models import ApiToken, Department, Device, LoginSession, Membership
 from portal.services import crypto, passwords, throttle
 from portal.services.actors import Actor
 from portal.services.audit import record_event
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError, ThrottledError
+from portal.services.unique import claim
 from portal.unit_of_work import keep_changes
-from portal.domain.errors import InvalidInputError, NotFoundError, ThrottledError
 
 SIGN_IN_FAILED = "Invalid email or password."
 SIGN_IN_THROTTLED = "Too many sign-in attempts. Try again in {minutes} minute(s)."
@@ -66,8 +67,10 @@ def create_or_update_user(
             is_enabled=True,
             created_at=now,
         )
-        db.session.add(user)
-        db.session.flush()
+        with claim(lambda: find_user(email) is not None,
+                   f"An account for {email} was created at the same moment. Try again to "
+                   "give it the role.", "email"):
+            db.session.add(user)
         record_event(actor=actor, action="user.created", target_type="user",
                      target_id=user.id, now=now, details={"email": email})
     elif password and reject_password_for_existing:
@@ -89,18 +92,21 @@ def add_role(*, user: User, role: str, department: Department | None, actor: Act
                      now=now, details={"email": user.email, "role": "admin"})
         return True
     assert department is not None
-    exists = db.session.scalar(
-        select(Membership.id).where(
-            Membership.user_id == user.id,
-            Membership.department_id == department.id,
-            Membership.role == role,
-        )
-    )
-    if exists:
+    user_id, department_id = user.id, department.id
+
+    def held() -> bool:
+        return db.session.scalar(select(Membership.id).where(
+            Membership.user_id == user_id, Membership.department_id == department_id,
+            Membership.role == role)) is not None
+
+    if held():
         return False
-    db.session.add(Membership(user_id=user.id, department_id=department.id, role=role,
-                              created_at=now))
-    db.session.flush()
+    try:
+        with claim(held, "That role was given at the same moment."):
+            db.session.add(Membership(user_id=user_id, department_id=department_id,
+                                      role=role, created_at=now))
+    except ConflictError:
+        return False  # given by someone else meanwhile: held, as asked
     record_event(actor=actor, action="member.added", target_type="user", target_id=user.id,
                  department_id=department.id, now=now,
                  details={"email": user.email, "role": role, "department": department.name})

@@ -13,6 +13,7 @@ from portal.models import Department, DepartmentSettings, Device, DeviceGroup, E
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.services.unique import claim, held_by_another
 
 MAX_NAME_LENGTH = 100
 
@@ -41,12 +42,13 @@ def get_department(department_id: int) -> Department:
 
 def create_department(*, name: str, actor: Actor, now: datetime) -> Department:
     name = clean_name(name)
+    taken = f"A department named “{name}” already exists."
     if find_department(name) is not None:
-        raise ConflictError(f"A department named “{name}” already exists.")
+        raise ConflictError(taken, "name")
     department = Department(name=name, created_at=now)
     department.settings = DepartmentSettings(**rules.DEFAULTS, updated_at=now)
-    db.session.add(department)
-    db.session.flush()
+    with claim(lambda: find_department(name) is not None, taken):
+        db.session.add(department)
     record_event(actor=actor, action="department.created", target_type="department",
                  target_id=department.id, department_id=department.id, now=now,
                  details={"name": name})
@@ -58,12 +60,12 @@ def rename_department(*, department: Department, name: str, actor: Actor,
     name = clean_name(name)
     if name == department.name:
         return
-    other = find_department(name)
-    if other is not None:
-        raise InvalidInputError({"name": [f"A department named “{name}” already exists."]})
-    old = department.name
-    department.name = name
-    db.session.flush()
+    taken = f"A department named “{name}” already exists."
+    if find_department(name) is not None:
+        raise InvalidInputError({"name": [taken]})
+    old, department_id = department.name, department.id
+    with claim(lambda: held_by_another(find_department(name), department_id), taken):
+        department.name = name
     record_event(actor=actor, action="department.renamed", target_type="department",
                  target_id=department.id, department_id=department.id, now=now,
                  details={"old": old, "new": name})
@@ -129,8 +131,9 @@ def add_exclusion(*, department: Department, target: str, actor: Actor,
     if thing is None or thing.department_id != department.id:
         raise InvalidInputError({"target": ["Choose a device or a group of this department."]})
     column = Exclusion.device_id if kind == "device" else Exclusion.group_id
+    excluded = f"“{thing.name}” is already excluded."
     if db.session.scalar(select(Exclusion.id).where(column == thing.id)):
-        raise InvalidInputError({"target": [f"“{thing.name}” is already excluded."]})
+        raise InvalidInputError({"target": [excluded]})
     exclusion = Exclusion(
         department_id=department.id,
         device_id=thing.id if kind == "device" else None,
@@ -139,8 +142,9 @@ def add_exclusion(*, department: Department, target: str, actor: Actor,
         excluded_by_email=actor.label,
         created_at=now,
     )
-    db.session.add(exclusion)
-    db.session.flush()
+    with claim(lambda: db.session.scalar(select(Exclusion.id).where(column == thing.id))
+               is not None, excluded, "target"):
+        db.session.add(exclusion)
     record_event(actor=actor, action="exclusion.added", target_type=kind, target_id=thing.id,
                  department_id=department.id, now=now,
                  details={"name": thing.name, "exclusion_id": exclusion.id})

@@ -15,6 +15,7 @@ from portal.services.audit import record_event
 from portal.services.departments import clean_name
 from portal.domain.errors import InvalidInputError, NotFoundError
 from portal.services.pages import Page, fetch_page
+from portal.services.unique import claim, held_by_another
 
 
 def _clean_ip(raw: str | None) -> str:
@@ -59,13 +60,14 @@ def create_device(*, department: Department, name: str, os: str = "", ip_address
                   ) -> tuple[Device, str]:
     """Create a device and its agent token; the token is returned once, never stored."""
     name = clean_name(name)
+    taken = f"A device named “{name}” already exists."
     if find_device(name) is not None:
-        raise InvalidInputError({"name": [f"A device named “{name}” already exists."]})
+        raise InvalidInputError({"name": [taken]})
     device = Device(name=name, os=_clean_os(os), ip_address=_clean_ip(ip_address),
                     department_id=department.id, group=_group_of(department, group_id),
                     is_locked=False, created_at=now)
-    db.session.add(device)
-    db.session.flush()
+    with claim(lambda: find_device(name) is not None, taken):
+        db.session.add(device)
     record_event(actor=actor, action="device.created", target_type="device",
                  target_id=device.id, department_id=department.id, now=now,
                  details={"name": name, "os": device.os, "ip_address": device.ip_address,
@@ -77,22 +79,23 @@ def create_device(*, department: Department, name: str, os: str = "", ip_address
 def update_device(*, department: Department, device: Device, name: str, os: str,
                   ip_address: str, group_id: int | None, actor: Actor, now: datetime) -> None:
     name = clean_name(name)
-    other = find_device(name)
-    if other is not None and other.id != device.id:
-        raise InvalidInputError({"name": [f"A device named “{name}” already exists."]})
+    taken = f"A device named “{name}” already exists."
+    device_id = device.id
+    if held_by_another(find_device(name), device_id):
+        raise InvalidInputError({"name": [taken]})
     new = {"name": name, "os": _clean_os(os), "ip_address": _clean_ip(ip_address),
            "group": _group_of(department, group_id)}
     changes = {}
-    for field, value in new.items():
-        old = getattr(device, field)
-        if old != value:
-            changes[field] = {
-                "old": old.name if isinstance(old, DeviceGroup) else old,
-                "new": value.name if isinstance(value, DeviceGroup) else value,
-            }
-            setattr(device, field, value)
+    with claim(lambda: held_by_another(find_device(name), device_id), taken):
+        for field, value in new.items():
+            old = getattr(device, field)
+            if old != value:
+                changes[field] = {
+                    "old": old.name if isinstance(old, DeviceGroup) else old,
+                    "new": value.name if isinstance(value, DeviceGroup) else value,
+                }
+                setattr(device, field, value)
     if changes:
-        db.session.flush()
         record_event(actor=actor, action="device.updated", target_type="device",
                      target_id=device.id, department_id=department.id, now=now,
                      details={"name": device.name, "changes": changes})
@@ -164,11 +167,12 @@ def group_names(department: Department) -> list[tuple[int, str]]:
 def create_group(*, department: Department, name: str, actor: Actor, now: datetime
                  ) -> DeviceGroup:
     name = clean_name(name)
+    taken = f"A group named “{name}” already exists here."
     if find_group(department, name) is not None:
-        raise InvalidInputError({"name": [f"A group named “{name}” already exists here."]})
+        raise InvalidInputError({"name": [taken]})
     group = DeviceGroup(department_id=department.id, name=name, created_at=now)
-    db.session.add(group)
-    db.session.flush()
+    with claim(lambda: find_group(department, name) is not None, taken):
+        db.session.add(group)
     record_event(actor=actor, action="group.created", target_type="group", target_id=group.id,
                  department_id=department.id, now=now, details={"name": name})
     return group
@@ -179,11 +183,12 @@ def rename_group(*, department: Department, group: DeviceGroup, name: str, actor
     name = clean_name(name)
     if name == group.name:
         return
+    taken = f"A group named “{name}” already exists here."
     if find_group(department, name) is not None:
-        raise InvalidInputError({"name": [f"A group named “{name}” already exists here."]})
-    old = group.name
-    group.name = name
-    db.session.flush()
+        raise InvalidInputError({"name": [taken]})
+    old, group_id = group.name, group.id
+    with claim(lambda: held_by_another(find_group(department, name), group_id), taken):
+        group.name = name
     record_event(actor=actor, action="group.renamed", target_type="group", target_id=group.id,
                  department_id=department.id, now=now, details={"old": old, "new": name})
 

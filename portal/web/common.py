@@ -17,6 +17,7 @@ utcnow = clock.request_now  # this request's `now`, read once from the app's clo
 
 
 def client_ip() -> str:
+    """A valid IP address or "" (portal.client_address checks it for web and API alike)."""
     return request.remote_addr or ""
 
 
@@ -42,6 +43,25 @@ def page_after() -> str | None:
     if after is not None and not after.isprintable():
         return None
     return after
+
+
+MAX_ID = 2**31 - 1  # the id and seq columns are 32-bit
+
+
+def query_id(name: str) -> int | None:
+    """A positive id from the query string, or None: ASCII digits only (int() would take
+    " 7", "-5" and "٣"), and within the columns' range (a bigger number overflows SQLite)."""
+    raw = request.args.get(name, "")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10:
+        return None
+    value = int(raw)
+    return value if 0 < value <= MAX_ID else None
+
+
+def page_before() -> int | None:
+    """The `before=` key of a newest-first list. A key that is no id starts from the top,
+    as does one past every id (everything is before it: that is the first page)."""
+    return query_id("before")
 
 
 def safe_next(target: str | None, default: str) -> str:

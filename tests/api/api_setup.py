@@ -2,8 +2,8 @@
 tokens, devices with device tokens, and a way to move a request's deadlines into the past
 (the API reads the real clock; no scheduler runs in tests).
 
-A plain module rather than a conftest.py: test modules import `NOW` from the top-level
-conftest by name, and a second conftest.py would shadow it."""
+A plain module of helpers the API tests import by name, as they import `NOW` from
+factories.py."""
 from __future__ import annotations
 
 import re

@@ -1,5 +1,10 @@
-"""Imports run one way (style.md): portal/domain is plain Python. It never imports Flask,
-SQLAlchemy, a Flask extension, or the layers above it."""
+"""Imports run one way (style.md): web/api → services → domain, and each "never" rule
+is walked here — every import of every module, at the top or inside a function:
+
+- portal/domain is plain Python: no Flask, SQLAlchemy, Flask extension or layer above it;
+- portal/models never import services, the web pages, the API or the boundaries;
+- portal/services never import the web pages, the API or the boundaries;
+- portal/web never imports portal/api, and portal/api never imports portal/web."""
 from __future__ import annotations
 
 import ast
@@ -7,24 +12,30 @@ from pathlib import Path
 
 import pytest
 
-DOMAIN = Path(__file__).resolve().parents[2] / "portal" / "domain"
+PORTAL = Path(__file__).resolve().parents[2] / "portal"
+DOMAIN = PORTAL / "domain"
+BOUNDARIES = ("portal.web", "portal.api", "portal.cli", "portal.jobs", "portal.app",
+              "portal.demo")
 
-FORBIDDEN = (
-    "flask",
-    "flask_*",
-    "sqlalchemy",
-    "portal.extensions",  # the unbound Flask extensions
-    "portal.models",
-    "portal.services",
-    "portal.web",
-    "portal.api",
-    "portal.cli",
-    "portal.jobs",
-)
+RULES = {
+    "domain": (
+        "flask",
+        "flask_*",
+        "sqlalchemy",
+        "portal.extensions",  # the unbound Flask extensions
+        "portal.models",
+        "portal.services",
+    ) + BOUNDARIES,
+    "models": ("portal.services",) + BOUNDARIES,
+    "services": BOUNDARIES,
+    "web": ("portal.api",),
+    "api": ("portal.web",),
+}
+FORBIDDEN = RULES["domain"]
 
 
 def _package_of(path: Path) -> list[str]:
-    parts = list(path.relative_to(DOMAIN.parent.parent).with_suffix("").parts)
+    parts = list(path.relative_to(PORTAL.parent).with_suffix("").parts)
     return parts if path.name == "__init__.py" else parts[:-1]
 
 
@@ -45,6 +56,8 @@ def imported_modules(source: str, path: Path) -> list[tuple[int, str]]:
                 found.append((node.lineno, module))
             else:
                 found.append((node.lineno, node.module or ""))
+                # `from portal import services` imports portal.services
+                found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
               and node.func.id == "__import__" and node.args
               and isinstance(node.args[0], ast.Constant)):
@@ -56,8 +69,8 @@ def imported_modules(source: str, path: Path) -> list[tuple[int, str]]:
     return found
 
 
-def is_forbidden(module: str) -> bool:
-    for rule in FORBIDDEN:
+def is_forbidden(module: str, rules: tuple[str, ...] = FORBIDDEN) -> bool:
+    for rule in rules:
         if rule.endswith("*"):
             if module.split(".")[0].startswith(rule[:-1]):
                 return True
@@ -66,12 +79,14 @@ def is_forbidden(module: str) -> bool:
     return False
 
 
-def violations(source: str, path: Path) -> list[str]:
+def violations(source: str, path: Path, layer: str = "domain") -> list[str]:
     return [f"{path.name}:{line} imports {module}"
-            for line, module in imported_modules(source, path) if is_forbidden(module)]
+            for line, module in imported_modules(source, path)
+            if is_forbidden(module, RULES[layer])]
 
 
 DOMAIN_FILES = sorted(DOMAIN.rglob("*.py"))
+LAYER_FILES = [(layer, path) for layer in RULES for path in sorted((PORTAL / layer).rglob("*.py"))]
 
 
 def test_the_walk_sees_the_domain_modules():
@@ -79,9 +94,21 @@ def test_the_walk_sees_the_domain_modules():
     assert {"__init__.py", "settings.py", "audit.py"} <= names
 
 
+def test_the_walk_sees_every_layer():
+    seen = {(layer, path.relative_to(PORTAL / layer).as_posix()) for layer, path in LAYER_FILES}
+    assert {("models", "accounts.py"), ("services", "requests.py"), ("web", "common.py"),
+            ("web", "departments/views.py"), ("api", "views.py")} <= seen
+
+
 @pytest.mark.parametrize("path", DOMAIN_FILES, ids=lambda p: str(p.relative_to(DOMAIN)))
 def test_domain_module_imports_nothing_from_the_layers_above(path):
     assert violations(path.read_text(encoding="utf-8"), path) == []
+
+
+@pytest.mark.parametrize("layer,path", LAYER_FILES,
+                         ids=[p.relative_to(PORTAL).as_posix() for _, p in LAYER_FILES])
+def test_no_module_imports_what_its_layer_never_may(layer, path):
+    assert violations(path.read_text(encoding="utf-8"), path, layer) == []
 
 
 # The checker itself must catch what it is meant to catch.
@@ -117,3 +144,40 @@ def test_checker_catches_forbidden_imports(source):
 ])
 def test_checker_allows_plain_python_and_the_domain_itself(source):
     assert violations(source, DOMAIN / "example.py") == []
+
+
+# The same checker, for the other layers' rules.
+@pytest.mark.parametrize("layer,source", [
+    ("models", "from portal.services import accounts"),
+    ("models", "from portal import services"),
+    ("models", "def later():\n    from portal.web.common import client_ip"),
+    ("models", "import portal.api.views"),
+    ("services", "from portal.web.common import utcnow"),
+    ("services", "from portal import web"),
+    ("services", "from ...api.serializers import iso"),  # from portal/services/sub/
+    ("services", "def later():\n    from portal.api import bp"),
+    ("services", "from portal.jobs import build_scheduler"),
+    ("services", "from portal.app import create_app"),
+    ("web", "from portal.api.views import body"),
+    ("web", "from ...api import bp"),
+    ("web", "from portal import api"),
+    ("api", "from portal.web.common import client_ip"),
+    ("api", "def later():\n    import portal.web.errors"),
+    ("api", "from ...web import common"),
+])
+def test_checker_catches_each_layers_forbidden_imports(layer, source):
+    assert violations(source, PORTAL / layer / "sub" / "example.py", layer)
+
+
+@pytest.mark.parametrize("layer,source", [
+    ("models", "from portal.domain import settings\nfrom portal.extensions import db"),
+    ("models", "from sqlalchemy.orm import Mapped\nfrom .types import UTCDateTime"),
+    ("services", "from flask import current_app\nfrom portal.models import Device"),
+    ("services", "from portal.services.errors import ConflictError\nfrom . import audit"),
+    ("web", "from portal.services import authz\nfrom portal.web.common import done"),
+    ("web", "from ..common import utcnow"),
+    ("api", "from portal.services import agents\nfrom portal.api.auth import bp"),
+    ("api", "from portal.json_input import UnusableJSONError"),
+])
+def test_checker_allows_what_each_layer_may_import(layer, source):
+    assert violations(source, PORTAL / layer / "sub" / "example.py", layer) == []

@@ -3,7 +3,7 @@ labels, defaults, ranges, the message limit and the recipient list."""
 from __future__ import annotations
 
 import pytest
-from conftest import DESIGN_DEFAULTS, DESIGN_LABELS
+from factories import DESIGN_DEFAULTS, DESIGN_LABELS
 
 from portal.domain import settings as rules
 from portal.domain.settings import (

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from argon2 import Type, extract_parameters
-from conftest import NOW, PASSWORD, TEST_CONFIG
+from factories import NOW, PASSWORD, TEST_CONFIG
 from sqlalchemy import event, func, select
 
 from portal import create_app

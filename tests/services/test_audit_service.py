@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from conftest import NOW
+from factories import NOW
 from sqlalchemy import select, text
 
 from portal.domain.audit import GENESIS_HASH

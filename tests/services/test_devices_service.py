@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from conftest import NOW
+from factories import NOW
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 

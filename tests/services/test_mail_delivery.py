@@ -11,7 +11,7 @@ from email import message_from_bytes, policy
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import NOW, PASSWORD
+from factories import NOW, PASSWORD
 from sqlalchemy import func, select
 
 from portal.extensions import db

@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from conftest import NOW
+from factories import NOW
 from sqlalchemy import func, select
 
 from portal import unit_of_work

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import NOW, PASSWORD
+from factories import NOW, PASSWORD
 from sqlalchemy import func, select, update
 
 from portal.clock import SystemClock

@@ -5,7 +5,7 @@ import json
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
-from conftest import DESIGN_DEFAULTS
+from factories import DESIGN_DEFAULTS
 from sqlalchemy import select
 
 from portal.extensions import db

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from conftest import NOW
+from factories import NOW
 
 from portal.extensions import db
 from portal.models import Department

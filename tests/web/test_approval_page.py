@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import NOW, PASSWORD, TEST_CONFIG
+from factories import NOW, PASSWORD, TEST_CONFIG
 from sqlalchemy import func, select, update
 
 from portal import create_app

@@ -4,7 +4,7 @@ from __future__ import annotations
 from portal.extensions import db
 from portal.services import requests as request_service
 from portal.services.actors import Actor
-from conftest import NOW
+from factories import NOW
 
 
 def _setup(make):

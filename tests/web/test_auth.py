@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from conftest import NOW, PASSWORD
+from factories import NOW, PASSWORD
 from sqlalchemy import update
 
 from portal.extensions import db

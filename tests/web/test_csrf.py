@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD
+from factories import PASSWORD
 
 from portal.extensions import db
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD
+from factories import PASSWORD
 
 from portal.extensions import db
 from portal.models import ApiToken, Device, DeviceGroup, Membership, User

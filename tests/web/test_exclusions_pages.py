@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import NOW
+from factories import NOW
 
 from portal.extensions import db
 from portal.models import Exclusion

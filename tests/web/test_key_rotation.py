@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-from conftest import PASSWORD, TEST_CONFIG
+from factories import PASSWORD, TEST_CONFIG
 from sqlalchemy import select
 
 from portal import create_app

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DESIGN_LABELS
+from factories import DESIGN_LABELS
 
 from portal.extensions import db
 from portal.models import DepartmentSettings

@@ -8,7 +8,7 @@ import os
 import threading
 
 import pytest
-from conftest import PASSWORD
+from factories import PASSWORD
 from flask.testing import FlaskClient
 from sqlalchemy import select
 

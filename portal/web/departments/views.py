@@ -8,6 +8,7 @@ from wtforms.fields.choices import SelectChoice
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.domain.permissions import Action
 from portal.services import audit, authz, departments as service
+from portal.web.errors import status_of
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -40,18 +41,21 @@ def index():
 def create():
     _require_admin()
     form = DepartmentForm()
+    status = 422
     if form.validate_on_submit():
         try:
             department = service.create_department(name=form.name.data, actor=current_actor(),
                                                    now=utcnow())
         except (InvalidInputError, ConflictError) as exc:
-            apply_errors(form, getattr(exc, "field_errors", {"name": [exc.message]}))
+
+            apply_errors(form, exc.field_errors)
+            status = status_of(exc)
         else:
             return done(f"Department “{department.name}” created.",
                         url_for("departments.settings", department_id=department.id))
     return render_template("departments/index.html", form=form,
                            departments=authz.departments_of(current_user),
-                           can_administer=True), 422
+                           can_administer=True), status
 
 
 @bp.route("/<int:department_id>/edit", methods=["GET", "POST"])
@@ -67,8 +71,9 @@ def edit(department_id: int):
             try:
                 service.rename_department(department=department, name=form.name.data,
                                           actor=current_actor(), now=utcnow())
-            except InvalidInputError as exc:
+            except (InvalidInputError, ConflictError) as exc:
                 apply_errors(form, exc.field_errors)
+                status = status_of(exc)
             else:
                 return done("Department renamed.",
                             url_for("departments.settings", department_id=department.id))
@@ -170,12 +175,14 @@ def add_exclusion(department_id: int):
     form = _exclusion_form(department, formdata=request.form)
     settings_url = url_for("departments.settings", department_id=department.id,
                            _anchor="exclusions")
+    status = 422
     if form.validate_on_submit():
         try:
             exclusion = service.add_exclusion(department=department, target=form.target.data,
                                               actor=current_actor(), now=utcnow())
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             apply_errors(form, exc.field_errors)
+            status = status_of(exc)
         else:
             name = (exclusion.device or exclusion.group).name
             message = f"“{name}” excluded from session confirmation."
@@ -183,12 +190,12 @@ def add_exclusion(department_id: int):
                 return _exclusions_fragment(department, message=message)
             return done(message, settings_url)
     if is_htmx():
-        return _exclusions_fragment(department, status=422, exclusion_form=form,
+        return _exclusions_fragment(department, status=status, exclusion_form=form,
                                     message=form.target.errors[0] if form.target.errors
                                     else "Choose a device or a group.", category="error")
     form_page = SettingsForm(data=service.settings_values(department.settings))
     return render_template("departments/settings.html",
-                           **_settings_context(department, form_page, form)), 422
+                           **_settings_context(department, form_page, form)), status
 
 
 @bp.post("/<int:department_id>/exclusions/<int:exclusion_id>/delete")

@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
-from portal.domain.errors import InvalidInputError
+from portal.domain.errors import ConflictError, InvalidInputError
 from portal.domain.permissions import Action
 from portal.services import authz, devices as service
 from portal.web.common import (
@@ -16,6 +16,7 @@ from portal.web.common import (
     page_after,
     utcnow,
 )
+from portal.web.errors import status_of
 from portal.web.devices.forms import DeleteForm, DeviceForm, GroupForm
 
 bp = Blueprint("devices", __name__, url_prefix="/departments/<int:department_id>")
@@ -55,18 +56,20 @@ def index(department_id: int):
 def create(department_id: int):
     department = department_or_403(department_id, Action.MANAGE)
     form = _device_form(department)
+    status = 422
     if form.validate_on_submit():
         try:
             device, token = service.create_device(
                 department=department, name=form.name.data, os=form.os.data,
                 ip_address=form.ip_address.data, group_id=form.group_id.data,
                 actor=current_actor(), now=utcnow())
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             apply_errors(form, exc.field_errors)
+            status = status_of(exc)
         else:
             return render_template("devices/created.html", department=department,
                                    device=device, token=token), 201
-    return _list_page(department, form, status=422)
+    return _list_page(department, form, status=status)
 
 
 @bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])
@@ -84,9 +87,10 @@ def edit(department_id: int, device_id: int):
                                       ip_address=form.ip_address.data,
                                       group_id=form.group_id.data,
                                       actor=current_actor(), now=utcnow())
-            except InvalidInputError as exc:
+            except (InvalidInputError, ConflictError) as exc:
                 device = service.get_device(department, device_id)
                 apply_errors(form, exc.field_errors)
+                status = status_of(exc)
             else:
                 return done(f"Device “{device.name}” saved.",
                             url_for("devices.index", department_id=department.id))
@@ -131,16 +135,18 @@ def groups(department_id: int):
 def create_group(department_id: int):
     department = department_or_403(department_id, Action.MANAGE)
     form = GroupForm()
+    status = 422
     if form.validate_on_submit():
         try:
             group = service.create_group(department=department, name=form.name.data,
                                          actor=current_actor(), now=utcnow())
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             apply_errors(form, exc.field_errors)
+            status = status_of(exc)
         else:
             return done(f"Group “{group.name}” created.",
                         url_for("devices.groups", department_id=department.id))
-    return _groups_page(department, form, status=422)
+    return _groups_page(department, form, status=status)
 
 
 @bp.route("/groups/<int:group_id>/edit", methods=["GET", "POST"])
@@ -155,9 +161,10 @@ def edit_group(department_id: int, group_id: int):
             try:
                 service.rename_group(department=department, group=group, name=form.name.data,
                                      actor=current_actor(), now=utcnow())
-            except InvalidInputError as exc:
+            except (InvalidInputError, ConflictError) as exc:
                 group = service.get_group(department, group_id)
                 apply_errors(form, exc.field_errors)
+                status = status_of(exc)
             else:
                 return done("Group renamed.", url_for("devices.groups",
                                                       department_id=department.id))

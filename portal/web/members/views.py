@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, render_template, url_for
 from flask_login import current_user, login_required
 
-from portal.domain.errors import InvalidInputError
+from portal.domain.errors import ConflictError, InvalidInputError
 from portal.domain.permissions import ROLE_NAMES, Action
 from portal.services import accounts, authz, members as service
 from portal.web.common import (
@@ -15,6 +15,7 @@ from portal.web.common import (
     page_after,
     utcnow,
 )
+from portal.web.errors import status_of
 from portal.web.members.forms import MemberForm
 
 bp = Blueprint("members", __name__, url_prefix="/departments/<int:department_id>/members")
@@ -46,19 +47,21 @@ def index(department_id: int):
 def add(department_id: int):
     department = department_or_403(department_id, Action.MANAGE)
     form = MemberForm()
+    status = 422
     if form.validate_on_submit():
         try:
             user = accounts.create_or_update_user(
                 email=form.email.data, password=form.password.data or None,
                 role=form.role.data, department=department, actor=current_actor(),
                 now=utcnow(), reject_password_for_existing=True)
-        except InvalidInputError as exc:
+        except (InvalidInputError, ConflictError) as exc:
             apply_errors(form, exc.field_errors)
+            status = status_of(exc)
         else:
             return done(f"{user.email} is now {ROLE_NAMES[form.role.data].lower()} "
                         f"of {department.name}.",
                         url_for("members.index", department_id=department.id))
-    return _page(department, form, status=422)
+    return _page(department, form, status=status)
 
 
 @bp.post("/<int:membership_id>/delete")

@@ -2,11 +2,12 @@
 messages stay here, links working, instead of being sent."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, render_template
 from flask_login import current_user, login_required
 
 from portal.domain.permissions import Action
 from portal.services import authz, mail
+from portal.web.common import page_before
 
 bp = Blueprint("outbox", __name__)
 
@@ -15,7 +16,7 @@ bp = Blueprint("outbox", __name__)
 @login_required
 def index():
     authz.require(current_user, Action.ADMINISTER, message="Only administrators read the outbox.")
-    before = request.args.get("before", type=int)
+    before = page_before()
     page = mail.list_outbox(before=before, limit=current_app.config["PAGE_SIZE"])
     return render_template("outbox/index.html", messages=page.items,
                            next_before=page.next_after,
