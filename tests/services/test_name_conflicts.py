@@ -14,12 +14,13 @@ import pytest
 from factories import NOW, PASSWORD
 from sqlalchemy import func, select
 
+from portal.domain.errors import ConflictError
 from portal.extensions import db
 from portal.models import AuditEvent, Department, Device, DeviceGroup, Membership, User
 from portal.services import accounts, departments, devices
 from portal.services.actors import CLI
 from portal.services.audit import verify_audit_chain
-from portal.domain.errors import ConflictError
+from portal.web.errors import status_of
 
 on_postgres = pytest.mark.skipif(
     not os.environ.get("PORTAL_TEST_DATABASE_URI", "").startswith("postgresql"),
@@ -47,7 +48,7 @@ def world(make):
 
 
 def assert_conflict(caught, message, field="name"):
-    assert caught.value.status == 409
+    assert status_of(caught.value) == 409
     assert caught.value.message == message
     assert caught.value.field_errors == {field: [message]}
 
@@ -195,7 +196,7 @@ def race(app, attempt, contenders=6) -> list:
                 results[n] = "won"
             except ConflictError as exc:
                 db.session.rollback()
-                results[n] = exc.status
+                results[n] = status_of(exc)
             except Exception as exc:  # noqa: BLE001 - shown by the assertion
                 db.session.rollback()
                 results[n] = exc

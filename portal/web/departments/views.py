@@ -16,6 +16,8 @@ from portal.web.common import (
     done,
     fragment,
     is_htmx,
+    page_before,
+    query_id,
     utcnow,
 )
 from portal.web.departments.forms import DepartmentForm, ExclusionForm, SettingsForm
@@ -226,8 +228,8 @@ def audit_log(department_id: int):
     """A department's audit log for auditors and admins: read-only, newest first, a page
     at a time by key; `?request=<id>` reads back one request's whole story."""
     department = department_or_403(department_id, Action.VIEW)
-    before = request.args.get("before", type=int)
-    request_id = request.args.get("request", type=int)
+    before = page_before()
+    request_id = query_id("request")
     page = audit.list_events(department_id=department.id, before=before,
                              request_id=request_id, limit=current_app.config["PAGE_SIZE"] * 2)
     response = make_response(render_template(
