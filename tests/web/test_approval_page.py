@@ -415,4 +415,4 @@ def test_connect_page_lists_only_my_recent_requests(client, auth, qa):
     assert "Your recent requests" in page
     assert f'href="/requests/{mine.id}"' in page
     assert f'href="/requests/{theirs.id}"' not in page
-    assert "timed out" in page  # NOW is long past: the request reads as timed out
+    assert "Timed out" in page  # NOW is long past: the request reads as timed out
