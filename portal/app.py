@@ -66,6 +66,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     register_errors(app)
     register_commands(app)
+    register_template_filters(app)
     return app
 
 
@@ -182,6 +183,15 @@ def register_errors(app: Flask) -> None:
     from portal.web.errors import init_errors
 
     init_errors(app)
+
+
+def register_template_filters(app: Flask) -> None:
+    """One label per state on every page: `{{ status | status_label }}`,
+    `{{ end_user | check_label('end_user') }}`."""
+    from portal.domain.requests import check_label, status_label
+
+    app.add_template_filter(status_label)
+    app.add_template_filter(check_label)
 
 
 def register_commands(app: Flask) -> None:

@@ -36,6 +36,42 @@ class EmailCheck(StrEnum):
     SKIPPED = "skipped"
 
 
+# One word per state, from the model to every page and fragment (templates read them
+# through the `status_label` and `check_label` filters).
+STATUS_LABELS = {
+    Status.PENDING: "Pending",
+    Status.APPROVED: "Approved",
+    Status.DENIED: "Denied",
+    Status.TIMED_OUT: "Timed out",
+    Status.CANCELLED: "Cancelled",
+}
+CHECK_LABELS = {
+    "end_user": {
+        EndUserCheck.PENDING: "Waiting",
+        EndUserCheck.ACCEPTED: "Accepted",
+        EndUserCheck.DECLINED: "Declined",
+        EndUserCheck.TIMED_OUT: "Timed out",
+        EndUserCheck.SKIPPED: "Not needed",
+    },
+    "email": {
+        EmailCheck.PENDING: "Waiting",
+        EmailCheck.ALLOWED: "Allowed",
+        EmailCheck.DENIED: "Denied",
+        EmailCheck.TIMED_OUT: "Timed out",
+        EmailCheck.SKIPPED: "Not needed",
+    },
+}
+
+
+def status_label(status: Status | str) -> str:
+    return STATUS_LABELS[Status(status)]
+
+
+def check_label(state: str, check: str) -> str:
+    """`check` is "end_user" or "email"."""
+    return CHECK_LABELS[check][state]
+
+
 # Exact texts shown to the technician (design.md).
 MSG_APPROVED = "The session will begin shortly."
 MSG_END_USER_DECLINED = "The end user has rejected the Session Confirmation Request"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -39,12 +40,24 @@ def _valid_for(seconds: int) -> str:
     return f"{seconds} seconds"
 
 
+def one_line(text: str | None) -> str:
+    """Someone's text quoted on one line of an email: line breaks, control and format
+    characters (bidi overrides too) become spaces, and runs of spaces one space, so the
+    text can't start a line that reads like ours ("Check Request: …")."""
+    if not text:
+        return ""
+    spaced = "".join(" " if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch
+                     for ch in text)
+    return " ".join(spaced.split())
+
+
 def queue_approval_email(*, req: SessionRequest, recipient: str, token: str, base_url: str,
                          now: datetime) -> OutboxMessage:
     url = approval_url(base_url, token)
     seconds = rules.seconds_left(req.expires_at, now)
     context = {"req": req, "url": url, "valid_for": _valid_for(seconds),
-               "valid_until": req.expires_at.strftime("%H:%M:%S UTC"), "recipient": recipient}
+               "valid_until": req.expires_at.strftime("%H:%M:%S UTC"), "recipient": recipient,
+               "reason": one_line(req.reason)}
     message = OutboxMessage(
         request_id=req.id, department_id=req.department_id, recipient=recipient,
         subject=f"Remote session request for {req.device.name}",
@@ -65,9 +78,18 @@ def redact(message: OutboxMessage) -> None:
     message.body_html = _LINK_TOKEN.sub(r"\1(redacted)", message.body_html)
 
 
-def approval_links_in(message: OutboxMessage) -> list[str]:
-    """The working "Check Request" links a queued message carries (none once redacted)."""
-    return re.findall(r"https?://\S+/approvals/[A-Za-z0-9_\-]{20,}", message.body_text)
+CHECK_REQUEST = "Check Request: "
+
+
+def approval_links_in(message: OutboxMessage, base_url: str | None = None) -> list[str]:
+    """The working "Check Request" links a queued message carries (none once redacted):
+    the URL of each line of ours that starts with "Check Request: ", when it is an
+    approval link under PORTAL_BASE_URL. Never a link out of someone's text."""
+    prefix = approval_url(base_url or current_app.config["BASE_URL"], "")
+    link = re.compile(re.escape(prefix) + r"[A-Za-z0-9_\-]{20,}")
+    candidates = (line.removeprefix(CHECK_REQUEST).strip()
+                  for line in message.body_text.splitlines() if line.startswith(CHECK_REQUEST))
+    return [url for url in candidates if link.fullmatch(url)]
 
 
 def cancel_for_request(request_id: int) -> None:

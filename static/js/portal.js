@@ -47,3 +47,38 @@
   setInterval(tick, 250);
   document.addEventListener("DOMContentLoaded", tick);
 })();
+
+/* The pending list only lists open requests, so only the browser knows which ones just
+   left it: after a poll, each row that is gone is announced once in #live-status, with
+   the words its row carried (data-expired when its countdown had run out, data-gone
+   otherwise). After the approver's own decision the flash speaks instead. */
+(function () {
+  "use strict";
+  var before = null;
+
+  function rows(list) {
+    var found = {};
+    if (!list) return found;
+    list.querySelectorAll("tr[data-gone]").forEach(function (row) {
+      var seconds = row.querySelector(".time-left [data-seconds-left]");
+      var expired = seconds && (parseInt(seconds.textContent, 10) || 0) <= 1;
+      found[row.id] = row.getAttribute(expired ? "data-expired" : "data-gone");
+    });
+    return found;
+  }
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    var polled = event.detail.requestConfig && event.detail.requestConfig.verb === "get";
+    before = target && target.id === "pending-rows" && polled ? rows(target) : null;
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    if (!before) return;
+    var now = rows(document.getElementById("pending-rows"));
+    var gone = Object.keys(before).filter(function (id) { return !(id in now); });
+    var words = gone.map(function (id) { return before[id]; }).join(" ");
+    before = null;
+    var region = document.getElementById("live-status");
+    if (words && region) region.textContent = words;
+  });
+})();

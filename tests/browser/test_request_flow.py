@@ -69,11 +69,11 @@ def test_waiting_page_turns_to_approved_when_an_approver_allows(
     expect(approver).to_have_url(link)
     assert fresh().get(SessionRequest, request_id).status == "pending"
     approver.get_by_role("button", name="Allow Session").click()
-    expect(approver.get_by_role("heading", name="Session allowed")).to_be_visible()
+    expect(approver.get_by_role("heading", name="Approved")).to_be_visible()
     expect(approver.get_by_text(f"Allowed by {APPROVER}.")).to_be_visible()
 
-    expect(technician.get_by_text("The session will begin shortly.")).to_be_visible(
-        timeout=5000)
+    expect(technician.get_by_text("The session will begin shortly.", exact=True)
+           ).to_be_visible(timeout=5000)
     expect(technician.get_by_role("heading", name="Approved")).to_be_visible()
     no_reload.check(technician)
     req = fresh().get(SessionRequest, request_id)
@@ -93,7 +93,8 @@ def test_waiting_page_shows_the_exact_timed_out_message(
     session.execute(update(SessionRequest).where(SessionRequest.id == request_id)
                     .values(expires_at=soon, email_deadline=soon))
     session.commit()
-    expect(technician.get_by_text("The Session Confirmation request has timed out.")
+    expect(technician.get_by_text("The Session Confirmation request has timed out.",
+                                   exact=True)
            ).to_be_visible(timeout=6000)
     expect(technician.get_by_role("link", name="Try again")).to_be_visible()
     no_reload.check(technician)
@@ -136,7 +137,7 @@ def test_approver_allows_from_the_live_pending_list(
     row.get_by_role("button", name=re.compile("^Allow Session")).click()
     expect(approver.locator("#flashes")).to_contain_text(f"Request for {qa.device} allowed.")
     expect(row).to_have_count(0)
-    expect(technician.get_by_text("The session will begin shortly.")).to_be_visible(
-        timeout=5000)
+    expect(technician.get_by_text("The session will begin shortly.", exact=True)
+           ).to_be_visible(timeout=5000)
     req = fresh().get(SessionRequest, request_id)
     assert (req.status, req.decided_by) == ("approved", APPROVER)

@@ -175,7 +175,7 @@ def test_late_link_decision_without_a_scheduler_is_410(app, qa):
                                        "next": path}).headers["Location"] == path
     response = client.post(path, data={"decision": "allow"})
     assert response.status_code == 410
-    assert "Request expired" in response.get_data(as_text=True)
+    assert "<h2>Timed out</h2>" in response.get_data(as_text=True)
     assert statuses([request_id]) == {request_id: "timed_out"}
     req = db.session.get(SessionRequest, request_id)
     assert (req.decided_by, req.email_check) == (None, "pending")

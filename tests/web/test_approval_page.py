@@ -205,8 +205,8 @@ def test_someone_else_signed_in_cannot_use_the_link(app, qa):
 
 
 @pytest.mark.parametrize("decision, status, heading, by", [
-    ("allow", "approved", "Session allowed", "Allowed by"),
-    ("deny", "denied", "Session denied", "Denied by"),
+    ("allow", "approved", "Approved", "Allowed by"),
+    ("deny", "denied", "Denied", "Denied by"),
 ])
 def test_recipient_decides_and_a_second_decision_gets_409(app, qa, decision, status,
                                                           heading, by):
@@ -214,7 +214,7 @@ def test_recipient_decides_and_a_second_decision_gets_409(app, qa, decision, sta
     first, _ = sign_in(app, R1)
     response = first.post(links[R1], data={"decision": decision})
     assert response.status_code == 200
-    assert heading in text(response) and f"{by} {R1}." in text(response)
+    assert f"<h2>{heading}</h2>" in text(response) and f"{by} {R1}." in text(response)
     assert (stored(request_id).status, stored(request_id).decided_by) == (status, R1)
 
     decided = snapshot(request_id)
@@ -233,7 +233,7 @@ def test_decision_after_the_deadline_is_410_and_reads_timed_out(app, qa):
     db.session.commit()
     first, _ = sign_in(app, R1)
     response = first.post(links[R1], data={"decision": "allow"})
-    assert response.status_code == 410 and "Request expired" in text(response)
+    assert response.status_code == 410 and "<h2>Timed out</h2>" in text(response)
     assert (stored(request_id).status, stored(request_id).decided_by) == ("timed_out", None)
     assert events("request.decided") == 0
 
@@ -427,7 +427,7 @@ def test_connect_page_lists_only_my_recent_requests(client, auth, qa):
     assert "Your recent requests" in page
     assert f'href="/requests/{mine.id}"' in page
     assert f'href="/requests/{theirs.id}"' not in page
-    assert "timed out" in page  # NOW is long past: the request reads as timed out
+    assert "Timed out" in page  # NOW is long past: the request reads as timed out
 
 
 # --- links keep their rules; nobody decides their own request -------------------------

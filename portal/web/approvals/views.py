@@ -84,7 +84,7 @@ def status(token: str):
     link = _find(token)
     if link is None:
         return _unknown()
-    return _page("approvals/_state.html", **_context(link, utcnow()))
+    return _page("approvals/_status.html", **_context(link, utcnow()))
 
 
 @bp.post("/<token>")
