@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from portal.models import OutboxMessage, SessionRequest
 from portal.services import accounts
+from portal.services import decisions
 from portal.services import requests as service
 from portal.services.actors import CLI, Actor
 
@@ -130,7 +131,7 @@ def test_the_seconds_tick_outside_live_regions_and_the_final_state_is_announced_
         assert page.evaluate("() => window.__announced") == [], name  # ...all unsaid
 
     approver = accounts.find_user(APPROVER)
-    service.decide_in_portal(user=approver, request_id=request_id, decision="deny",
+    decisions.decide_in_portal(user=approver, request_id=request_id, decision="deny",
                              actor=Actor.for_user(approver), now=datetime.now(timezone.utc))
     fresh()
 
