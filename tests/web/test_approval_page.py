@@ -473,3 +473,18 @@ def test_a_technician_who_is_also_a_recipient_cannot_decide_their_own_request(ap
     assert snapshot(request_id) == before
     approver, _ = sign_in(app, R1)
     assert approver.post(links[R1], data={"decision": "allow"}).status_code == 200
+
+
+def test_the_page_offers_no_buttons_on_a_link_that_cannot_decide(app, make, qa):
+    make.user("tech@example.com", "approver", qa)
+    configure(qa, recipients=f"tech@example.com\n{R1}\n{R2}")
+    request_id, links = new_request()
+    tech, _ = sign_in(app, "tech@example.com")
+    own = text(tech.get(links["tech@example.com"]))
+    assert "your own request" in own and "Allow Session" not in own
+    pending = text(tech.get("/requests/pending"))
+    assert "Your own request" in pending and f"decide-{request_id}-allow" not in pending
+    configure(qa, recipients=R2)
+    removed, _ = sign_in(app, R1)
+    page = text(removed.get(links[R1]))
+    assert "no longer works" in page and "Allow Session" not in page

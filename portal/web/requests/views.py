@@ -119,7 +119,9 @@ def _pending_context(now, *, polled=False):
     """`polled`: the fragment only ever reaches htmx, whose requests carry the CSRF token
     in a header, so its forms can leave out a per-form token (a lighter poll)."""
     rows, total = service.pending_for(current_user, now)
-    return {"rows": [(req, _status_context(req, now)) for req in rows], "total": total,
+    return {"rows": [(req, {**_status_context(req, now),
+                            "is_own": decisions.is_own_request(req, current_user)})
+                     for req in rows], "total": total,
             "polled": polled}
 
 
