@@ -33,3 +33,14 @@ class DefaultConfig:
     ARGON2_PARALLELISM = 4
     # Trust X-Forwarded-For from this many proxies (0: use the socket address).
     PROXY_FIX_X_FOR = 0
+    # The directory (Active Directory or any LDAP server) for one-time passwords; see
+    # design.md. No LDAP_URL: no directory (directory requests answer 503).
+    LDAP_URL: str | None = None  # ldap://… or ldaps://…; several, space-separated: a pool
+    LDAP_BIND_DN: str | None = None
+    LDAP_BIND_PASSWORD: str | None = None
+    LDAP_BASE_DN: str = ""
+    LDAP_USER_FILTER = "(sAMAccountName={username})"  # {username} escaped per RFC 4515
+    LDAP_MAIL_ATTRIBUTE = "mail"
+    LDAP_START_TLS = False
+    LDAP_CA_FILE: str | None = None
+    LDAP_TIMEOUT_SECONDS = 5

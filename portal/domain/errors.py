@@ -37,6 +37,16 @@ class ForbiddenError(PortalError):
     code = "forbidden"
 
 
+class OtpDisabledError(ForbiddenError):
+    code = "otp_disabled"
+
+
+class InvalidCredentialsError(ForbiddenError):
+    """One answer for an unknown login, a wrong password and a throttled one."""
+
+    code = "invalid_credentials"
+
+
 class NotFoundError(PortalError):
     code = "not_found"
 
@@ -72,9 +82,31 @@ class InvalidInputError(PortalError):
         self.field_errors = field_errors
 
 
+class NotInDirectoryError(PortalError):
+    """The directory has no single entry with a mail address for that user name."""
+
+    code = "not_in_directory"
+
+
 class ThrottledError(PortalError):
     code = "too_many_attempts"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooSoonError(ThrottledError):
+    """A new one-time password sooner than the device's minimum interval allows."""
+
+    code = "too_soon"
+
+
+class UnavailableError(PortalError):
+    """Something the answer depends on is down or too slow; try again later."""
+
+    code = "unavailable"
+
+
+class DirectoryUnavailableError(UnavailableError):
+    code = "directory_unavailable"

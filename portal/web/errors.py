@@ -23,7 +23,9 @@ STATUS: dict[type[errors.PortalError], int] = {
     errors.ConflictError: 409,
     errors.ExpiredError: 410,
     errors.InvalidInputError: 422,
+    errors.NotInDirectoryError: 422,
     errors.ThrottledError: 429,
+    errors.UnavailableError: 503,
 }
 
 TITLES = {
@@ -38,13 +40,14 @@ TITLES = {
     422: "Check the form",
     429: "Too many attempts",
     500: "Something went wrong",
+    503: "Try again later",
 }
 
 CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 409: "conflict", 410: "expired", 413: "too_large",
     415: "unsupported_media_type", 422: "invalid", 429: "too_many_requests",
-    500: "server_error",
+    500: "server_error", 503: "unavailable",
 }
 
 
