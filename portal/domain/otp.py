@@ -6,6 +6,7 @@ Plain Python: the caller passes the settings, what is stored, and `now`.
 """
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from dataclasses import dataclass, replace
@@ -89,8 +90,10 @@ def is_code_shaped(value: str) -> bool:
 
 
 def binding(device_id: int, username: str, email: str) -> str:
-    """What a code is bound to, as compared: usernames and emails case-insensitively."""
-    return f"{device_id}\n{username.strip().casefold()}\n{email.strip().casefold()}"
+    """What a code is bound to, as compared: usernames and emails case-insensitively.
+    JSON keeps the parts apart whatever they contain (a newline in a username can't
+    make it another username's email)."""
+    return json.dumps([device_id, username.strip().casefold(), email.strip().casefold()])
 
 
 def seconds_until(later: datetime, now: datetime) -> int:
@@ -167,8 +170,9 @@ def verify(*, matched: StoredCode | None, count: FailureCount, now: datetime) ->
 
 
 def mask_email(address: str) -> str:
-    """`j.smith@example.com` → `j***@example.com` (what the device may show)."""
-    local, at, domain = address.partition("@")
+    """`j.smith@example.com` → `j***@example.com` (what the device may show). The domain
+    is what follows the last "@", so nothing of a quoted local part shows."""
+    local, at, domain = address.rpartition("@")
     if not at:
         return "***"
     return f"{local[:1]}***@{domain}"
