@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from portal import clock
 from portal.extensions import db
-from portal.services import decisions
+from portal.services import decisions, otp, otp_requests
 from portal.services import mail as outbox
 
 log = logging.getLogger("portal.jobs")
@@ -44,8 +44,17 @@ def _run(app: Flask, name: str, work):
             db.session.remove()
 
 
+def expire_overdue(now: datetime) -> list[int]:
+    """Session requests and OTP access requests past their deadline time out; sealed
+    copies of expired one-time passwords go. The session requests' ids."""
+    ids = decisions.expire_overdue(now)
+    otp_requests.expire_overdue(now)
+    otp.drop_expired_copies(now)
+    return ids
+
+
 def expire_requests(app: Flask) -> list[int]:
-    ids = _run(app, "expiry sweep", decisions.expire_overdue) or []
+    ids = _run(app, "expiry sweep", expire_overdue) or []
     if ids:
         log.info("timed out %d request(s): %s", len(ids), ids)
     return ids

@@ -8,9 +8,14 @@ from portal.models.departments import (
     DeviceGroup,
     Exclusion,
 )
+from portal.models.otp import ClientSession, OneTimePassword, OtpAccessRequest, OtpFailureCounter
 from portal.models.requests import ApprovalLink, OutboxMessage, RemoteSession, SessionRequest
 
 __all__ = [
+    "ClientSession",
+    "OneTimePassword",
+    "OtpAccessRequest",
+    "OtpFailureCounter",
     "ApiToken",
     "ApprovalLink",
     "OutboxMessage",

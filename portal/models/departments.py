@@ -68,6 +68,9 @@ class Device(db.Model):
     is_locked: Mapped[bool] = mapped_column(Boolean, default=False)
     logged_in_user: Mapped[str | None] = mapped_column(String(256), nullable=True)
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the device last got a *new* one-time password (the minimum interval runs
+    # from here; a resend of the same code doesn't move it).
+    last_new_otp_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     department: Mapped[Department] = relationship()

@@ -3,12 +3,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text, true
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+    true,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from portal.extensions import db
 from portal.models.accounts import User
 from portal.models.departments import Department, Device
+from portal.models.otp import OtpAccessRequest
 from portal.models.types import UTCDateTime
 
 
@@ -49,13 +60,21 @@ class SessionRequest(db.Model):
 
 
 class ApprovalLink(db.Model):
-    """One per recipient per request; the token is stored as a keyed hash."""
+    """One per recipient per request — a session request or an OTP access request; the
+    token is stored as a keyed hash."""
 
     __tablename__ = "approval_links"
+    __table_args__ = (
+        CheckConstraint("(request_id IS NULL) <> (otp_request_id IS NULL)",
+                        name="one_request"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    request_id: Mapped[int] = mapped_column(
-        ForeignKey("session_requests.id", ondelete="CASCADE"), index=True)
+    request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), index=True, nullable=True)
+    otp_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("otp_access_requests.id", ondelete="CASCADE"), index=True,
+        nullable=True)
     recipient_email: Mapped[str] = mapped_column(String(254))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -66,7 +85,8 @@ class ApprovalLink(db.Model):
     # The first GET of the link ("link opened" on the timeline); later GETs write nothing.
     first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    request: Mapped[SessionRequest] = relationship()
+    request: Mapped[SessionRequest | None] = relationship()
+    otp_request: Mapped[OtpAccessRequest | None] = relationship()
 
 
 class RemoteSession(db.Model):
@@ -92,6 +112,12 @@ class OutboxMessage(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int | None] = mapped_column(
         ForeignKey("session_requests.id", ondelete="CASCADE"), nullable=True, index=True)
+    otp_request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("otp_access_requests.id", ondelete="CASCADE"), nullable=True, index=True)
+    # An email carrying a one-time password holds a placeholder, not the code: delivery
+    # decrypts the code's resend copy, and nothing of it stays in the outbox.
+    otp_id: Mapped[int | None] = mapped_column(
+        ForeignKey("one_time_passwords.id", ondelete="CASCADE"), nullable=True, index=True)
     department_id: Mapped[int | None] = mapped_column(
         ForeignKey("departments.id", ondelete="CASCADE"), nullable=True)
     recipient: Mapped[str] = mapped_column(String(254))

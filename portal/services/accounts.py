@@ -164,18 +164,19 @@ def _throttle_keys(typed_email: str, client_ip: str) -> list[tuple[str, int]]:
     return keys
 
 
-def sign_in(*, email: str, password: str, client_ip: str, now: datetime,
-            previous_session_token: str | None = None) -> SignInResult:
-    """Check the credentials; raise ThrottledError or InvalidInputError with one message
-    that never tells whether the account exists. A browser that was signed in already
-    (`previous_session_token`) has that session ended once the new one starts."""
+def check_password(*, email: str, password: str, client_ip: str, now: datetime,
+                   action: str = "auth.sign_in") -> User:
+    """The enabled user with these credentials, throttled like sign-in: every attempt is
+    counted first. Raises ThrottledError or InvalidInputError with one message that never
+    tells whether the account exists; failures are counted and audited (as `action`)
+    although the caller fails."""
     # What was typed, as it may be stored and looked up: a control character (NUL can't
     # go into PostgreSQL text) is in no account's email, so it just fails like a typo.
     typed = "".join(ch if ch.isprintable() else "\ufffd" for ch in email.strip().lower())[:254]
     keys = _throttle_keys(typed, client_ip)
     locked = throttle.count_attempt(keys, now)  # before the password is checked
     if locked:
-        record_event(actor=Actor(label=typed, client_ip=client_ip), action="auth.sign_in",
+        record_event(actor=Actor(label=typed, client_ip=client_ip), action=action,
                      target_type="user", target_id=typed, now=now, outcome="throttled")
         keep_changes()  # the refusal is audited although the sign-in fails
         raise ThrottledError(SIGN_IN_THROTTLED.format(minutes=math.ceil(locked / 60)), locked)
@@ -188,12 +189,21 @@ def sign_in(*, email: str, password: str, client_ip: str, now: datetime,
     if not ok:
         record_event(actor=Actor(label=typed, user_id=user.id if user else None,
                                  client_ip=client_ip),
-                     action="auth.sign_in", target_type="user",
+                     action=action, target_type="user",
                      target_id=user.id if user else typed, now=now, outcome="failure")
         keep_changes()  # the failure counts, and is audited, although the sign-in fails
         raise InvalidInputError({"email": [SIGN_IN_FAILED]})
     assert user is not None
     throttle.forget_attempt(keys[0][0], keys[1:])
+    return user
+
+
+def sign_in(*, email: str, password: str, client_ip: str, now: datetime,
+            previous_session_token: str | None = None) -> SignInResult:
+    """Check the credentials (check_password) and start a sign-in session. A browser that
+    was signed in already (`previous_session_token`) has that session ended once the new
+    one starts."""
+    user = check_password(email=email, password=password, client_ip=client_ip, now=now)
     if previous_session_token:
         _end_sessions(LoginSession.token_hash == crypto.keyed_hash(previous_session_token),
                       now=now)

@@ -28,6 +28,7 @@ from portal.extensions import db
 from portal.models import ApprovalLink, Device, SessionRequest, User
 from portal.services import authz, crypto, mail
 from portal.services.actors import SYSTEM, Actor
+from portal.services.audit import record_event
 from portal.services.requests import (
     MAX_REASON,
     audit_request,
@@ -141,8 +142,14 @@ def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
         .values(first_opened_at=now)
         .execution_options(synchronize_session=False)).rowcount == 1
     if first:
-        audit_request(link.request, "link.opened", actor, now,
-                      recipient=link.recipient_email, user_agent=user_agent[:200])
+        details = {"recipient": link.recipient_email, "user_agent": user_agent[:200]}
+        if link.request is not None:
+            audit_request(link.request, "link.opened", actor, now, **details)
+        else:  # an OTP access request's link
+            ask = link.otp_request
+            record_event(actor=actor, action="link.opened", target_type="otp_request",
+                         target_id=ask.id, department_id=ask.department_id, now=now,
+                         details={"otp_request_id": ask.id, **details})
     return first
 
 

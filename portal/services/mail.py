@@ -13,9 +13,11 @@ from flask import current_app, render_template
 from flask_mail import Message
 from sqlalchemy import select, update
 
+from portal.domain import otp as otp_rules
 from portal.domain import requests as rules
 from portal.extensions import db, mail
-from portal.models import OutboxMessage, SessionRequest
+from portal.models import OneTimePassword, OtpAccessRequest, OutboxMessage, SessionRequest
+from portal.services import crypto
 from portal.services.actors import SYSTEM
 from portal.services.audit import record_event
 from portal.services.pages import Page, fetch_page
@@ -51,22 +53,42 @@ def one_line(text: str | None) -> str:
     return " ".join(spaced.split())
 
 
-def queue_approval_email(*, req: SessionRequest, recipient: str, token: str, base_url: str,
-                         now: datetime) -> OutboxMessage:
-    url = approval_url(base_url, token)
-    seconds = rules.seconds_left(req.expires_at, now)
-    context = {"req": req, "url": url, "valid_for": _valid_for(seconds),
-               "valid_until": req.expires_at.strftime("%H:%M:%S UTC"), "recipient": recipient,
-               "reason": one_line(req.reason)}
+def queue_message(*, recipient: str, subject: str, template: str, context: dict,
+                  department_id: int, now: datetime, **about) -> OutboxMessage:
+    """Write an email to the outbox (delivered by the job). `template` names the pair
+    emails/<template>.txt and .html; `about` links it to what it is about (request_id,
+    otp_request_id, otp_id)."""
     message = OutboxMessage(
-        request_id=req.id, department_id=req.department_id, recipient=recipient,
-        subject=f"Remote session request for {req.device.name}",
-        body_text=render_template("emails/approval_request.txt", **context),
-        body_html=render_template("emails/approval_request.html", **context),
-        status="pending", attempts=0, next_attempt_at=now, created_at=now)
+        department_id=department_id, recipient=recipient, subject=subject,
+        body_text=render_template(f"emails/{template}.txt", **context),
+        body_html=render_template(f"emails/{template}.html", **context),
+        status="pending", attempts=0, next_attempt_at=now, created_at=now, **about)
     db.session.add(message)
     db.session.flush()
     return message
+
+
+def link_context(*, token: str, base_url: str, expires_at: datetime, now: datetime) -> dict:
+    """What an approval email says about its link."""
+    return {"url": approval_url(base_url, token),
+            "valid_for": _valid_for(rules.seconds_left(expires_at, now)),
+            "valid_until": expires_at.strftime("%H:%M:%S UTC")}
+
+
+def queue_approval_email(*, req: SessionRequest, recipient: str, token: str, base_url: str,
+                         now: datetime) -> OutboxMessage:
+    context = {"req": req, "recipient": recipient, "reason": one_line(req.reason),
+               **link_context(token=token, base_url=base_url, expires_at=req.expires_at,
+                              now=now)}
+    return queue_message(recipient=recipient,
+                         subject=f"Remote session request for {req.device.name}",
+                         template="approval_request", context=context,
+                         department_id=req.department_id, now=now, request_id=req.id)
+
+
+# An email carrying a one-time password is stored with this in place of the code; the
+# delivery job puts the code in (from its sealed copy) only in what it hands to SMTP.
+CODE_PLACEHOLDER = "[[one-time password]]"
 
 
 _LINK_TOKEN = re.compile(r"(/approvals/)[A-Za-z0-9_\-]+")
@@ -94,6 +116,17 @@ def approval_links_in(message: OutboxMessage, base_url: str | None = None) -> li
 
 def cancel_for_request(request_id: int) -> None:
     cancel_for_requests([request_id])
+
+
+def cancel_for_otp_request(otp_request_id: int) -> None:
+    """The OTP access request is over: its approval emails go, links redacted."""
+    for message in db.session.scalars(
+            select(OutboxMessage).where(OutboxMessage.otp_request_id == otp_request_id)
+            .order_by(OutboxMessage.id)):
+        if message.status in ("pending", "sending"):
+            message.status = "cancelled"
+        redact(message)
+    db.session.flush()
 
 
 def cancel_for_requests(request_ids: list[int]) -> None:
@@ -173,21 +206,47 @@ def defer_all(message_ids: list[int], exc: Exception, now: datetime,
     db.session.flush()
 
 
+def _is_over(message: OutboxMessage, now: datetime) -> bool:
+    """Whether what the message asks about was decided or expired meanwhile."""
+    if message.request_id:
+        req = db.session.get(SessionRequest, message.request_id)
+        return req.status != rules.Status.PENDING.value or now >= req.expires_at
+    if message.otp_request_id and not message.otp_id:
+        ask = db.session.get(OtpAccessRequest, message.otp_request_id)
+        return otp_rules.effective_access_status(ask.status, ask.expires_at, now) \
+            is not otp_rules.AccessStatus.PENDING
+    return False
+
+
+def code_of(message: OutboxMessage, now: datetime) -> str | None:
+    """The one-time password a queued message is to carry, while it still works (its
+    sealed copy is dropped once the code is used or expires)."""
+    otp = db.session.get(OneTimePassword, message.otp_id)
+    if otp is None or otp.used_at is not None or now >= otp.expires_at:
+        return None
+    return crypto.open_code(otp_rules.binding(otp.device_id, otp.username, otp.email),
+                            otp.code_ciphertext)
+
+
 def deliver_one(message_id: int, connection, now: datetime, report: DeliveryReport) -> None:
-    """Send one claimed message, unless its request is over (then it is cancelled)."""
+    """Send one claimed message, unless its request is over or its one-time password no
+    longer works (then it is cancelled)."""
     message = db.session.get(OutboxMessage, message_id)
-    req = db.session.get(SessionRequest, message.request_id) if message.request_id else None
-    if req is not None and (req.status != rules.Status.PENDING.value
-                            or now >= req.expires_at):
+    code = code_of(message, now) if message.otp_id else None
+    if _is_over(message, now) or (message.otp_id and code is None):
         message.status = "cancelled"
         redact(message)
         report.cancelled.append(message.id)
         db.session.flush()
         return
+    body_text, body_html = message.body_text, message.body_html
+    if code is not None:
+        body_text = body_text.replace(CODE_PLACEHOLDER, code)
+        body_html = body_html.replace(CODE_PLACEHOLDER, code)
     try:
         connection.send(Message(
             subject=message.subject, recipients=[message.recipient],
-            body=message.body_text, html=message.body_html,
+            body=body_text, html=body_html,
             sender=current_app.config["MAIL_DEFAULT_SENDER"]))
     except Exception as exc:
         _retry_or_fail(message, exc, now, report)
@@ -219,12 +278,20 @@ def _retry_or_fail(message: OutboxMessage, exc: Exception, now: datetime,
 
 def _audit(message: OutboxMessage, action: str, now: datetime, *, outcome: str = "success",
            **details) -> None:
-    record_event(actor=SYSTEM, action=action,
-                 target_type="session_request" if message.request_id else "outbox_message",
-                 target_id=message.request_id or message.id,
+    if message.request_id:
+        target_type, target_id = "session_request", message.request_id
+    elif message.otp_request_id:
+        target_type, target_id = "otp_request", message.otp_request_id
+    else:
+        target_type, target_id = "outbox_message", message.id
+    # Where a one-time password went is shown masked, as to the device.
+    recipient = otp_rules.mask_email(message.recipient) if message.otp_id else message.recipient
+    record_event(actor=SYSTEM, action=action, target_type=target_type, target_id=target_id,
                  department_id=message.department_id, now=now, outcome=outcome,
-                 details={"request_id": message.request_id, "recipient": message.recipient,
-                          "message_id": message.id, "attempts": message.attempts, **details})
+                 details={"request_id": message.request_id,
+                          "otp_request_id": message.otp_request_id,
+                          "recipient": recipient, "message_id": message.id,
+                          "attempts": message.attempts, **details})
 
 
 def list_outbox(*, before: int | None, limit: int) -> Page:

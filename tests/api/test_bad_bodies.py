@@ -27,6 +27,8 @@ BODY_ENDPOINTS = {
     ("PUT", "/api/v1/agent/state"): "device",
     ("POST", "/api/v1/agent/prompts/{rid}"): "device",
     ("POST", "/api/v1/agent/sessions"): "device",
+    ("POST", "/api/v1/agent/otp/request"): "device",
+    ("POST", "/api/v1/agent/otp/verify"): "device",
 }
 # A string field of each endpoint, with an otherwise valid body around it.
 STRING_FIELDS = [
@@ -35,6 +37,13 @@ STRING_FIELDS = [
     ("POST", "/api/v1/session-requests", {"device": "{device}"}, "reason"),
     ("PUT", "/api/v1/agent/state", {"locked": False}, "logged_in_user"),
     ("POST", "/api/v1/agent/prompts/{rid}", {}, "decision"),
+    ("POST", "/api/v1/agent/otp/request", {}, "username"),
+    ("POST", "/api/v1/agent/otp/request", {"username": "jsmith"}, "email"),
+    ("POST", "/api/v1/agent/otp/request", {"username": "jsmith"}, "login"),
+    ("POST", "/api/v1/agent/otp/verify", {"username": "a", "email": "a@example.com"},
+     "password"),
+    ("POST", "/api/v1/agent/otp/verify", {"email": "a@example.com", "password": "1"},
+     "username"),
 ]
 SURROGATES = ["\ud800", "a\udfffb", "\udc00\ud800"]
 
@@ -62,7 +71,9 @@ def test_the_table_names_every_api_endpoint_that_takes_a_body(app):
               and rule.endpoint != "api.unknown"
               for method in rule.methods & {"POST", "PUT", "PATCH"}}
     takes_no_body = {("POST", "/api/v1/session-requests/{rid}/cancel"),
-                     ("POST", "/api/v1/agent/sessions/<int(max=2147483647):session_id>/end")}
+                     ("POST", "/api/v1/agent/sessions/<int(max=2147483647):session_id>/end"),
+                     ("POST", "/api/v1/agent/client-sessions/"
+                              "<int(max=2147483647):session_id>/end")}
     assert routes - takes_no_body == set(BODY_ENDPOINTS)
 
 

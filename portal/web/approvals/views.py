@@ -19,7 +19,8 @@ from portal.domain.errors import (
     NotFoundError,
     SignInRequiredError,
 )
-from portal.services import decisions, requests as service
+from portal.domain import otp as otp_rules
+from portal.services import decisions, otp, otp_requests, requests as service
 from portal.services.actors import Actor
 from portal.web.common import client_ip, current_actor, utcnow
 from portal.web.errors import status_of
@@ -32,6 +33,8 @@ def _signed_in():
 
 
 def _context(link, now, **extra):
+    if link.otp_request_id is not None:
+        return _otp_context(link, now, **extra)
     req = link.request
     signed_in = _signed_in()
     return {
@@ -44,6 +47,30 @@ def _context(link, now, **extra):
                              == link.recipient_email.lower()),
         **extra,
     }
+
+
+def _otp_context(link, now, **extra):
+    ask = link.otp_request
+    signed_in = _signed_in()
+    pending = otp.access_status(ask, now).value == "pending"
+    return {
+        "link": link, "ask": ask, "status": otp.access_status(ask, now).value,
+        "seconds_left": otp_rules.seconds_until(ask.expires_at, now) if pending else 0,
+        "sign_in_required": decisions.is_sign_in_required(link),
+        "is_link_current": otp_requests.is_link_current(link),
+        "is_own_request": otp_requests.is_own(ask, signed_in, link.recipient_email),
+        "signed_in": signed_in,
+        "is_recipient": bool(signed_in and signed_in.email.lower()
+                             == link.recipient_email.lower()),
+        **extra,
+    }
+
+
+def _templates(link) -> tuple[str, str]:
+    """(page, status fragment) for the link's kind of request."""
+    if link.otp_request_id is not None:
+        return "approvals/otp_show.html", "approvals/_otp_status.html"
+    return "approvals/show.html", "approvals/_status.html"
 
 
 def _page(template: str, http_status: int = 200, **context):
@@ -75,7 +102,7 @@ def show(token: str):
             link=link, now=now, user_agent=request.headers.get("User-Agent", ""),
             actor=Actor(label=signed_in.email if signed_in else "anonymous",
                         user_id=signed_in.id if signed_in else None, client_ip=client_ip()))
-    return _page("approvals/show.html", **_context(link, now))
+    return _page(_templates(link)[0], **_context(link, now))
 
 
 @bp.get("/<token>/status")
@@ -84,7 +111,7 @@ def status(token: str):
     link = _find(token)
     if link is None:
         return _unknown()
-    return _page("approvals/_status.html", **_context(link, utcnow()))
+    return _page(_templates(link)[1], **_context(link, utcnow()))
 
 
 @bp.post("/<token>")
@@ -94,8 +121,11 @@ def decide(token: str):
         return _unknown()
     now = utcnow()
     signed_in = _signed_in()
+    decide_with_link = (otp_requests.decide_with_link if link.otp_request_id is not None
+                        else decisions.decide_with_link)
+    page = _templates(link)[0]
     try:
-        decisions.decide_with_link(
+        decide_with_link(
             link=link, decision=request.form.get("decision", ""), signed_in=signed_in,
             comment=request.form.get("comment"),
             actor=current_actor() if signed_in else
@@ -108,6 +138,5 @@ def decide(token: str):
         # The page itself, saying why; the unit of work keeps only what must stay (a
         # late decision's "timed out").
         http_status = 400 if isinstance(exc, InvalidInputError) else status_of(exc)
-        return _page("approvals/show.html", http_status,
-                     **_context(link, now, error=exc.message))
-    return _page("approvals/show.html", 200, **_context(link, now, just_decided=True))
+        return _page(page, http_status, **_context(link, now, error=exc.message))
+    return _page(page, 200, **_context(link, now, just_decided=True))

@@ -1,0 +1,291 @@
+"""One-time passwords: codes are issued, resent and verified; client sessions start and
+end. The rules are portal.domain.otp's; how a device's request is routed (directory,
+internal user, approvers) and how access requests are decided is in
+portal.services.otp_requests.
+
+A code is never stored, logged or audited in plaintext: the database keeps a keyed hash
+of it with its binding, and until it is used or expires a sealed copy (for resends); its
+email carries a placeholder that only the delivery job fills in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from portal.domain import otp as rules
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError, TooSoonError
+from portal.domain.otp import AccessStatus, Issuer
+from portal.extensions import db
+from portal.models import (
+    ClientSession,
+    Device,
+    OneTimePassword,
+    OtpAccessRequest,
+    OtpFailureCounter,
+)
+from portal.services import crypto, mail
+from portal.services.actors import Actor
+from portal.services.audit import record_event
+from portal.unit_of_work import keep_changes
+
+
+def settings_of(device: Device) -> rules.OtpSettings:
+    s = device.department.settings
+    return rules.OtpSettings(
+        is_allowed=s.is_otp_allowed,
+        is_auto_sent_to_directory_users=s.is_otp_auto_sent_to_directory_users,
+        is_auto_sent_to_internal_users=s.is_otp_auto_sent_to_internal_users,
+        expiration_minutes=s.otp_expiration_minutes,
+        min_interval_minutes=s.otp_min_interval_minutes)
+
+
+def audit_otp(device: Device, action: str, actor: Actor, now: datetime, *,
+              target_type: str = "device", target_id: int | None = None,
+              outcome: str = "success", **details) -> None:
+    record_event(actor=actor, action=action, target_type=target_type,
+                 target_id=target_id if target_id is not None else device.id,
+                 department_id=device.department_id, now=now, outcome=outcome,
+                 details={"device": device.name, **details})
+
+
+# --- input ---------------------------------------------------------------------------
+
+
+def clean_username(raw) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidInputError({"username": ["Give the user name at the login screen."]})
+    value = raw.strip()
+    if len(value) > rules.MAX_USERNAME or not value.isprintable():
+        raise InvalidInputError({"username": [
+            f"Use at most {rules.MAX_USERNAME} printable characters."]})
+    return value
+
+
+def clean_email(raw, field: str = "email") -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidInputError({field: ["Give an email address."]})
+    try:
+        return validate_email(raw.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidInputError({field: [f"Enter a valid email address ({exc})."]}) from None
+
+
+# --- issuing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    otp: OneTimePassword
+    is_resend: bool
+
+
+def _valid_code(device: Device, username: str, email: str, now: datetime
+                ) -> OneTimePassword | None:
+    """The device's unused, unexpired code with this binding (a repeat resends it)."""
+    return db.session.scalar(
+        select(OneTimePassword)
+        .where(OneTimePassword.device_id == device.id,
+               OneTimePassword.username_key == username.casefold(),
+               OneTimePassword.email_key == email.casefold(),
+               OneTimePassword.used_at.is_(None),
+               OneTimePassword.expires_at > now)
+        .order_by(OneTimePassword.id.desc()).limit(1))
+
+
+def claim_new_code_slot(device: Device, settings: rules.OtpSettings, now: datetime, *,
+                        held: bool = True) -> None:
+    """Move the device's "last new code" to now — for a code held to the minimum
+    interval, only if the interval has passed (one conditional UPDATE: two requests at
+    once can't both get a new code). Else TooSoonError with the seconds to wait."""
+    stmt = update(Device).where(Device.id == device.id).values(last_new_otp_at=now)
+    if held:
+        stmt = stmt.where(or_(Device.last_new_otp_at.is_(None),
+                              Device.last_new_otp_at <= now - settings.min_interval))
+    if db.session.execute(stmt.execution_options(synchronize_session=False)).rowcount:
+        db.session.expire(device, ["last_new_otp_at"])
+        return
+    db.session.refresh(device, ["last_new_otp_at"])
+    wait = max(1, rules.retry_after_new_code(device.last_new_otp_at, now, settings))
+    raise TooSoonError(
+        f"A new one-time password for {device.name} can be issued in {wait} seconds "
+        "(the department's minimum interval). A code already sent still works.", wait)
+
+
+def _queue_code_email(otp: OneTimePassword, now: datetime) -> None:
+    context = {"otp": otp, "device": otp.device, "code": mail.CODE_PLACEHOLDER,
+               "expires": otp.expires_at.strftime("%Y-%m-%d %H:%M UTC")}
+    mail.queue_message(recipient=otp.email,
+                       subject=f"Your one-time password for {otp.device.name}",
+                       template="otp_code", context=context,
+                       department_id=otp.department_id, now=now, otp_id=otp.id)
+
+
+def resend_if_valid(*, device: Device, username: str, email: str, actor: Actor,
+                    now: datetime) -> Sent | None:
+    """Email the device's valid code for this binding again (same code, same expiry) —
+    also during a lock-out, which it does not lift — or None when there is none."""
+    existing = _valid_code(device, username, email, now)
+    binding = rules.binding(device.id, username, email)
+    if existing is None or not crypto.open_code(binding, existing.code_ciphertext):
+        return None
+    _queue_code_email(existing, now)
+    audit_otp(device, "otp.sent", actor, now, username=existing.username,
+              sent_to=rules.mask_email(existing.email), resend=True,
+              expires_at=existing.expires_at.isoformat())
+    return Sent(existing, True)
+
+
+def send_code(*, device: Device, username: str, email: str, issuer: Issuer, actor: Actor,
+              now: datetime, settings: rules.OtpSettings | None = None,
+              issued_by: str | None = None, access_request: OtpAccessRequest | None = None,
+              held_to_interval: bool = True) -> Sent:
+    """Email the device's valid code for this binding again (same code, same expiry), or
+    issue a new one — held to the minimum interval unless told otherwise."""
+    settings = settings or settings_of(device)
+    resent = resend_if_valid(device=device, username=username, email=email, actor=actor,
+                             now=now)
+    if resent is not None:
+        return resent
+    binding = rules.binding(device.id, username, email)
+    claim_new_code_slot(device, settings, now, held=held_to_interval)
+    code = rules.new_code()
+    otp = OneTimePassword(
+        device_id=device.id, department_id=device.department_id, username=username,
+        username_key=username.casefold(), email=email, email_key=email.casefold(),
+        code_hash=crypto.code_hash(binding, code), code_ciphertext=crypto.seal_code(binding, code),
+        issued_via=issuer.value, issued_by=issued_by,
+        access_request_id=access_request.id if access_request else None,
+        issued_at=now, expires_at=now + settings.lifetime)
+    db.session.add(otp)
+    db.session.flush()
+    _queue_code_email(otp, now)
+    audit_otp(device, "otp.sent", actor, now, username=username,
+              sent_to=rules.mask_email(email), resend=False, issued_via=issuer.value,
+              expires_at=otp.expires_at.isoformat())
+    return Sent(otp, False)
+
+
+# --- verifying -----------------------------------------------------------------------
+
+
+class VerificationFailedError(ConflictError):
+    """Wrong, used, expired, locked-out or foreign: the device gets one answer for all."""
+
+    code = "not_allowed"
+
+
+def _counter(device: Device, username_key: str) -> OtpFailureCounter:
+    """The (device, username) failure counter, created if missing and locked for this
+    transaction (row lock on PostgreSQL; SQLite's write lock is taken by the insert)."""
+    table = OtpFailureCounter.__table__
+    dialect = db.engine.dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    db.session.execute(insert.values(device_id=device.id, username_key=username_key,
+                                     failures=0, locked_until=None)
+                       .on_conflict_do_nothing(index_elements=["device_id", "username_key"]))
+    return db.session.scalars(
+        select(OtpFailureCounter)
+        .where(OtpFailureCounter.device_id == device.id,
+               OtpFailureCounter.username_key == username_key)
+        .with_for_update().execution_options(populate_existing=True)).one()
+
+
+def verify_otp(*, device: Device, username: str, email: str, password: str, actor: Actor,
+               now: datetime) -> ClientSession:
+    """Check a code typed at the login screen; a success starts a client session. A
+    failure raises VerificationFailedError (and what it counted stays)."""
+    username, email = username.strip(), email.strip()
+    username_key = username.casefold()
+    counter = _counter(device, username_key)
+    count = rules.FailureCount(counter.failures, counter.locked_until)
+    matched = None
+    if rules.is_code_shaped(password.strip()) and len(username) <= rules.MAX_USERNAME:
+        digest = crypto.code_hash(rules.binding(device.id, username, email), password.strip())
+        matched = db.session.scalar(select(OneTimePassword).where(
+            OneTimePassword.code_hash == digest, OneTimePassword.device_id == device.id))
+    stored = rules.StoredCode(matched.expires_at, matched.used_at) if matched else None
+    verdict = rules.verify(matched=stored, count=count, now=now)
+    if verdict is rules.Verdict.ALLOWED:
+        used = db.session.execute(
+            update(OneTimePassword)
+            .where(OneTimePassword.id == matched.id, OneTimePassword.used_at.is_(None),
+                   OneTimePassword.expires_at > now)
+            .values(used_at=now, code_ciphertext=None)
+            .execution_options(synchronize_session=False)).rowcount == 1
+        verdict = rules.Verdict.ALLOWED if used else rules.Verdict.USED
+    if verdict is not rules.Verdict.ALLOWED:
+        _count_failure(device, counter, count, username, verdict, actor, now)
+        keep_changes()
+        raise VerificationFailedError("The one-time password was not accepted.")
+    counter.failures, counter.locked_until = 0, None
+    session = ClientSession(device_id=device.id, department_id=device.department_id,
+                            otp_id=matched.id, username=username, email=matched.email,
+                            started_at=now)
+    db.session.add(session)
+    db.session.flush()
+    audit_otp(device, "otp.verified", actor, now, username=username,
+              sent_to=rules.mask_email(matched.email), otp_id=matched.id)
+    audit_otp(device, "client_session.started", actor, now, target_type="client_session",
+              target_id=session.id, user_name=session.user_name)
+    return session
+
+
+def _count_failure(device: Device, counter: OtpFailureCounter, count: rules.FailureCount,
+                   username: str, verdict: rules.Verdict, actor: Actor,
+                   now: datetime) -> None:
+    after = rules.after_failure(count, now)
+    counter.failures, counter.locked_until = after.failures, after.locked_until
+    db.session.flush()
+    audit_otp(device, "otp.failed", actor, now, outcome="failure", username=username,
+              reason=verdict.value)
+    if after.is_locked(now) and not count.is_locked(now):
+        audit_otp(device, "otp.locked", actor, now, outcome="failure", username=username,
+                  locked_until=after.locked_until.isoformat())
+
+
+def drop_expired_copies(now: datetime) -> int:
+    """Sealed copies of codes that expired go (a job): only a valid code may be resent."""
+    return db.session.execute(
+        update(OneTimePassword)
+        .where(OneTimePassword.code_ciphertext.is_not(None),
+               OneTimePassword.expires_at <= now)
+        .values(code_ciphertext=None)
+        .execution_options(synchronize_session=False)).rowcount
+
+
+# --- client sessions -----------------------------------------------------------------
+
+
+def end_client_session(*, device: Device, session_id: int, actor: Actor,
+                       now: datetime) -> ClientSession:
+    session = db.session.get(ClientSession, session_id)
+    if session is None or session.device_id != device.id:
+        raise NotFoundError("No such client session on this device.")
+    won = db.session.execute(
+        update(ClientSession)
+        .where(ClientSession.id == session.id, ClientSession.ended_at.is_(None))
+        .values(ended_at=now).execution_options(synchronize_session=False)).rowcount == 1
+    db.session.expire(session)
+    if not won:
+        raise ConflictError("This client session has already ended.")
+    audit_otp(device, "client_session.ended", actor, now, target_type="client_session",
+              target_id=session.id, user_name=session.user_name)
+    return session
+
+
+def client_sessions_of(device: Device, limit: int = 20) -> list[ClientSession]:
+    """The device's latest client sessions, newest first."""
+    return list(db.session.scalars(
+        select(ClientSession).where(ClientSession.device_id == device.id)
+        .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()).limit(limit)))
+
+
+mask_address = rules.mask_email
+
+
+def access_status(ask: OtpAccessRequest, now: datetime) -> AccessStatus:
+    return rules.effective_access_status(ask.status, ask.expires_at, now)
