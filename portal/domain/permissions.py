@@ -15,6 +15,7 @@ class Action(StrEnum):
     MANAGE = "manage"        # change its settings, devices, groups, exclusions, members
     DECIDE = "decide"        # allow / deny its session requests in the portal
     REQUEST = "request"      # ask for a session to one of its devices
+    ISSUE_OTP = "issue_otp"  # "Generate one-time password" on one of its devices
     ADMINISTER = "administer"  # create and rename departments, read the outbox
 
 
@@ -32,8 +33,9 @@ ALL_ROLES = (ADMIN, *DEPARTMENT_ROLES)
 
 PERMISSIONS: dict[str, frozenset[Action]] = {
     ADMIN: frozenset(Action),
-    "department_admin": frozenset({Action.VIEW, Action.MANAGE, Action.DECIDE}),
-    "approver": frozenset({Action.DECIDE}),
+    "department_admin": frozenset({Action.VIEW, Action.MANAGE, Action.DECIDE,
+                                   Action.ISSUE_OTP}),
+    "approver": frozenset({Action.DECIDE, Action.ISSUE_OTP}),
     "auditor": frozenset({Action.VIEW}),
     "technician": frozenset({Action.REQUEST}),
 }

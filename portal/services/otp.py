@@ -17,8 +17,15 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.domain import otp as rules
-from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError, TooSoonError
+from portal.domain.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    OtpDisabledError,
+    TooSoonError,
+)
 from portal.domain.otp import AccessStatus, Issuer
+from portal.domain.permissions import Action
 from portal.extensions import db
 from portal.models import (
     ClientSession,
@@ -27,9 +34,10 @@ from portal.models import (
     OtpAccessRequest,
     OtpFailureCounter,
 )
-from portal.services import crypto, mail
+from portal.services import authz, crypto, mail
 from portal.services.actors import Actor
 from portal.services.audit import record_event
+from portal.services.requests import MAX_REASON, clean_text
 from portal.unit_of_work import keep_changes
 
 
@@ -167,6 +175,26 @@ def send_code(*, device: Device, username: str, email: str, issuer: Issuer, acto
               sent_to=rules.mask_email(email), resend=False, issued_via=issuer.value,
               expires_at=otp.expires_at.isoformat())
     return Sent(otp, False)
+
+
+def generate_otp(*, user, device: Device, username, email, comment=None, actor: Actor,
+                 now: datetime) -> Sent:
+    """An approver's "Generate one-time password" on the device's page: no request, not
+    held to the minimum interval (the new code still counts for it)."""
+    authz.require(user, Action.ISSUE_OTP, device.department_id,
+                  "Only approvers and department admins issue one-time passwords.")
+    settings = settings_of(device)
+    if not settings.is_allowed:
+        raise OtpDisabledError(
+            "One-time passwords are not allowed for this device's department.")
+    username, email = clean_username(username), clean_email(email)
+    comment = clean_text(comment, "comment", MAX_REASON)
+    sent = send_code(device=device, username=username, email=email,
+                     issuer=Issuer.GENERATED, actor=actor, now=now, settings=settings,
+                     issued_by=user.email, held_to_interval=False)
+    audit_otp(device, "otp.generated", actor, now, username=username,
+              sent_to=rules.mask_email(email), comment=comment, resend=sent.is_resend)
+    return sent
 
 
 # --- verifying -----------------------------------------------------------------------

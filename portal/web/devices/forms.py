@@ -1,5 +1,5 @@
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, SelectField, StringField
+from wtforms import BooleanField, EmailField, SelectField, StringField
 from wtforms.validators import InputRequired, Length, Optional
 
 
@@ -24,3 +24,14 @@ class GroupForm(FlaskForm):
 
 class DeleteForm(FlaskForm):
     confirm = BooleanField("Yes, delete it", validators=[InputRequired("Tick the box to confirm.")])
+
+
+class GenerateOtpForm(FlaskForm):
+    username = StringField("User name", validators=[InputRequired("Enter the user name."),
+                                                    Length(max=256)],
+                           render_kw={"placeholder": "jsmith", "autocomplete": "off"})
+    email = EmailField("Email", validators=[InputRequired("Enter the address to send it to."),
+                                            Length(max=254)],
+                       render_kw={"placeholder": "j.smith@example.com", "autocomplete": "off"})
+    comment = StringField("Comment", validators=[Optional(), Length(max=500)],
+                          render_kw={"autocomplete": "off"})

@@ -7,7 +7,7 @@ from wtforms.fields.choices import SelectChoice
 
 from portal.domain.errors import ConflictError, InvalidInputError
 from portal.domain.permissions import Action
-from portal.services import authz, devices as service
+from portal.services import authz, devices as service, otp
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -17,7 +17,7 @@ from portal.web.common import (
     utcnow,
 )
 from portal.web.errors import status_of
-from portal.web.devices.forms import DeleteForm, DeviceForm, GroupForm
+from portal.web.devices.forms import DeleteForm, DeviceForm, GenerateOtpForm, GroupForm
 
 bp = Blueprint("devices", __name__, url_prefix="/departments/<int:department_id>")
 
@@ -70,6 +70,51 @@ def create(department_id: int):
             return render_template("devices/created.html", department=department,
                                    device=device, token=token), 201
     return _list_page(department, form, status=status)
+
+
+def _device_page(department, device, form, status=200):
+    return render_template(
+        "devices/show.html", department=department, device=device, form=form,
+        client_sessions=otp.client_sessions_of(device),
+        can_issue=authz.can(current_user, Action.ISSUE_OTP, department.id),
+        can_manage=authz.can(current_user, Action.MANAGE, department.id),
+        otp_allowed=department.settings.is_otp_allowed), status
+
+
+def _viewable_device(department_id: int, device_id: int):
+    """The device's page: for those who read the department and those who issue codes."""
+    action = (Action.VIEW if authz.can(current_user, Action.VIEW, department_id)
+              else Action.ISSUE_OTP)
+    department = department_or_403(department_id, action)
+    return department, service.get_device(department, device_id)
+
+
+@bp.get("/devices/<int:device_id>")
+def show(department_id: int, device_id: int):
+    department, device = _viewable_device(department_id, device_id)
+    return _device_page(department, device, GenerateOtpForm(formdata=None))
+
+
+@bp.post("/devices/<int:device_id>/otp")
+def generate_otp(department_id: int, device_id: int):
+    department, device = _viewable_device(department_id, device_id)
+    form = GenerateOtpForm()
+    if form.validate_on_submit():
+        try:
+            sent = otp.generate_otp(user=current_user, device=device,
+                                    username=form.username.data, email=form.email.data,
+                                    comment=form.comment.data, actor=current_actor(),
+                                    now=utcnow())
+        except InvalidInputError as exc:
+            apply_errors(form, exc.field_errors)
+        else:
+            verb = "sent again" if sent.is_resend else "sent"
+            return done(f"A one-time password for {sent.otp.username} was {verb} to "
+                        f"{sent.otp.email}; it expires at "
+                        f"{sent.otp.expires_at.strftime('%H:%M UTC')}.",
+                        url_for("devices.show", department_id=department.id,
+                                device_id=device.id))
+    return _device_page(department, device, form, status=422)
 
 
 @bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])

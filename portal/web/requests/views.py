@@ -14,7 +14,8 @@ from portal.domain.errors import (
     NotFoundError,
 )
 from portal.domain.permissions import Action
-from portal.services import authz, decisions, requests as service
+from portal.domain import otp as otp_rules
+from portal.services import authz, decisions, otp_requests, requests as service
 from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
 from portal.web.errors import status_of
 from portal.web.requests.forms import ConnectForm
@@ -119,9 +120,13 @@ def _pending_context(now, *, polled=False):
     """`polled`: the fragment only ever reaches htmx, whose requests carry the CSRF token
     in a header, so its forms can leave out a per-form token (a lighter poll)."""
     rows, total = service.pending_for(current_user, now)
+    otp_rows = otp_requests.pending_for(current_user, now)
     return {"rows": [(req, {**_status_context(req, now),
                             "is_own": decisions.is_own_request(req, current_user)})
                      for req in rows], "total": total,
+            "otp_rows": [(ask, {"seconds_left": otp_rules.seconds_until(ask.expires_at, now),
+                                "is_own": otp_requests.is_own(ask, current_user)})
+                         for ask in otp_rows],
             "polled": polled}
 
 
@@ -155,6 +160,29 @@ def decide(request_id: int):
     else:
         verb = "allowed" if req.status == "approved" else "denied"
         message, category = f"Request for {req.device.name} {verb}.", "success"
+    if is_htmx():
+        return fragment("requests/_pending_rows.html", status=status, flash_message=message,
+                        category=category, **_pending_context(now, polled=True))
+    return done(message, url_for("requests.pending"), category=category)
+
+
+@bp.post("/otp-requests/<int:request_id>/decide")
+def decide_otp(request_id: int):
+    """Approve / Deny an OTP access request from the pending list."""
+    _may_see_pending()
+    now = utcnow()
+    status = 200
+    try:
+        ask = otp_requests.decide_in_portal(
+            user=current_user, request_id=request_id,
+            decision=request.form.get("decision", ""), comment=request.form.get("comment"),
+            actor=current_actor(), now=now, user_agent=request.headers.get("User-Agent", ""))
+    except (AlreadyDecidedError, ExpiredError) as exc:
+        message, category, status = exc.message, "error", status_of(exc)
+    else:
+        verb = "approved" if ask.status == "approved" else "denied"
+        message = f"One-time password for {ask.username} on {ask.device.name} {verb}."
+        category = "success"
     if is_htmx():
         return fragment("requests/_pending_rows.html", status=status, flash_message=message,
                         category=category, **_pending_context(now, polled=True))

@@ -1,0 +1,137 @@
+"""One-time passwords on the pages: the approval page of an OTP access request, the
+pending list next to session requests, and "Generate one-time password" on a device's
+page (design.md "One-time passwords")."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from factories import NOW, PASSWORD
+from sqlalchemy import func, select
+
+from portal.extensions import db
+from portal.models import AuditEvent, OneTimePassword, OtpAccessRequest, OutboxMessage
+from portal.services import departments, devices
+from portal.services.actors import CLI
+
+DEVICE = "WIN-0859G9I39J0"
+APPROVER = "approver@example.com"
+LINK = re.compile(r"Check Request: http://portal\.test(/approvals/\S+)")
+HTMX = {"HX-Request": "true"}
+
+
+@pytest.fixture
+def qa(make):
+    department = make.department("QA Team")
+    make.user(APPROVER, "approver", department)
+    make.user("second@example.com", "approver", department)
+    make.user("tech@example.com", "technician", department)
+    make.user("auditor@example.com", "auditor", department)
+    make.user("elsewhere@example.com", "approver", make.department("Sales"))
+    device, department.device_token = devices.create_device(
+        department=department, name=DEVICE, actor=CLI, now=NOW)
+    department.device_id = device.id
+    values = {**departments.settings_values(department.settings), "is_otp_allowed": True}
+    departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
+    db.session.commit()
+    return department
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ask(client, qa, **body):
+    response = client.post("/api/v1/agent/otp/request",
+                           json={"username": "jsmith", "email": "j.smith@example.com",
+                                 **body}, headers=bearer(qa.device_token))
+    assert response.status_code == 202, response.get_data()
+    return response.get_json()["request_id"]
+
+
+def links():
+    return [LINK.search(m.body_text).group(1) for m in db.session.scalars(
+        select(OutboxMessage).where(OutboxMessage.otp_request_id.is_not(None))
+        .order_by(OutboxMessage.id))]
+
+
+def signed_in(app, email):
+    client = app.test_client()
+    assert client.post("/login", data={"email": email, "password": PASSWORD}
+                       ).status_code == 303
+    return client
+
+
+def text(response):
+    return response.get_data(as_text=True)
+
+
+def test_the_approval_page_reads_as_an_otp_request_and_get_decides_nothing(app, client, qa):
+    ask(client, qa, emergency=True)
+    [path, _second] = links()  # no Recipient(s) set: mailed to the department's approvers
+    page = client.get(path)
+    html = text(page)
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    for fact in ("One-time password request", DEVICE, "QA Team", "jsmith",
+                 "j.smith@example.com", "Emergency access", "Approve", "Deny", "Comment"):
+        assert fact in html, fact
+    assert "Allow Session" not in html
+    assert client.head(path).status_code == 200
+    assert db.session.scalar(select(OtpAccessRequest.status)) == "pending"
+    anonymous = client.post(path, data={"decision": "approve"})
+    assert anonymous.status_code == 303 and "/login" in anonymous.headers["Location"]
+    assert db.session.scalar(select(func.count()).select_from(OneTimePassword)) == 0
+
+    approver = signed_in(app, APPROVER)
+    decided = approver.post(path, data={"decision": "approve", "comment": "Known user"})
+    assert decided.status_code == 200 and "Approved by approver@example.com" in text(decided)
+    assert db.session.scalar(select(func.count()).select_from(OneTimePassword)) == 1
+    assert approver.post(path, data={"decision": "deny"}).status_code == 409
+
+
+def test_the_pending_list_shows_otp_requests_and_decides_them(app, client, qa):
+    request_id = ask(client, qa)
+    approver = signed_in(app, APPROVER)
+    page = text(approver.get("/requests/pending"))
+    assert "One-time password requests" in page and "jsmith" in page
+    assert f'id="decide-otp-{request_id}-approve"' in page
+    rows = approver.post(f"/otp-requests/{request_id}/decide",
+                         data={"decision": "deny", "comment": "Not today"}, headers=HTMX)
+    assert rows.status_code == 200 and "denied" in text(rows)
+    assert f"otp-request-{request_id}" not in text(rows)
+    ask_row = db.session.get(OtpAccessRequest, request_id)
+    assert (ask_row.status, ask_row.decided_by, ask_row.comment) == (
+        "denied", APPROVER, "Not today")
+    late = approver.post(f"/otp-requests/{request_id}/decide", data={"decision": "approve"},
+                         headers=HTMX)
+    assert late.status_code == 409
+    outsider = signed_in(app, "elsewhere@example.com")
+    assert outsider.post(f"/otp-requests/{request_id}/decide",
+                         data={"decision": "approve"}).status_code == 403
+
+
+def test_generate_on_the_device_page(app, qa):
+    url = f"/departments/{qa.id}/devices/{qa.device_id}"
+    approver = signed_in(app, APPROVER)
+    page = approver.get(url)
+    assert page.status_code == 200 and "Generate one-time password" in text(page)
+    assert "Nobody has logged in" in text(page)
+    for username in ("jsmith", "alice"):  # not held to the minimum interval
+        made = approver.post(f"{url}/otp", data={"username": username,
+                                                 "email": f"{username}@example.com",
+                                                 "comment": "Printer"})
+        assert made.status_code == 303, text(made)
+    assert db.session.scalar(select(func.count()).select_from(OneTimePassword)) == 2
+    assert db.session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == "otp.generated")) == 2
+    bad = approver.post(f"{url}/otp", data={"username": "", "email": "nope"})
+    assert bad.status_code == 422
+
+    auditor = signed_in(app, "auditor@example.com")
+    view = auditor.get(url)
+    assert view.status_code == 200 and "Generate one-time password" not in text(view)
+    assert auditor.post(f"{url}/otp", data={"username": "x", "email": "x@example.com"}
+                        ).status_code == 403
+    for email in ("tech@example.com", "elsewhere@example.com"):
+        assert signed_in(app, email).get(url).status_code == 403
+    assert db.session.scalar(select(func.count()).select_from(OneTimePassword)) == 2
