@@ -30,7 +30,9 @@ DEPARTMENTS = {
         "excluded_groups": ["Build Agents"],
         "excluded_devices": [],
         "settings": {"is_confirmation_shown": True, "is_email_authorization_required": True,
-                     "email_recipients": "approver@example.com\nqa-admin@example.com"},
+                     "email_recipients": "approver@example.com\nqa-admin@example.com",
+                     # One-time passwords by approval: no auto-send is on.
+                     "is_otp_allowed": True},
     },
     "Sales Team": {
         "groups": ["Laptops"],

@@ -294,6 +294,22 @@ def _audit(message: OutboxMessage, action: str, now: datetime, *, outcome: str =
                           "attempts": message.attempts, **details})
 
 
+def outbox_bodies(messages: list[OutboxMessage], now: datetime) -> dict[int, str]:
+    """Each message's text as the Outbox page shows it. With no mail server configured
+    (the demo), a waiting email's one-time password is shown while the code still works
+    — it would have been mailed; once sent, used or expired, never."""
+    bodies = {}
+    for message in messages:
+        body = message.body_text
+        if message.otp_id and message.status == "pending" and not is_configured():
+            code = code_of(message, now)
+            body = body.replace(CODE_PLACEHOLDER, code or "(no longer valid)")
+        elif message.otp_id:
+            body = body.replace(CODE_PLACEHOLDER, "(not shown)")
+        bodies[message.id] = body
+    return bodies
+
+
 def list_outbox(*, before: int | None, limit: int) -> Page:
     """Newest first; the page's next_after is the id to continue before."""
     query = select(OutboxMessage).order_by(OutboxMessage.id.desc())

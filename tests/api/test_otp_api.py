@@ -294,3 +294,32 @@ def test_verify_with_missing_or_wrong_typed_fields_is_400(client, qa, body):
     response = client.post("/api/v1/agent/otp/verify", json=body,
                            headers=bearer(qa.tokens[DEVICE]))
     assert assert_error(response, 400)["code"] == "bad_request"
+
+
+def test_smtp_down_keeps_the_code_and_delivers_it_once_it_is_back(app, client, qa, smtp,
+                                                                  clock):
+    configure(qa, is_otp_auto_sent_to_internal_users=True)
+    smtp.stop()
+    assert ask(client, qa, login="member@example.com", password=PASSWORD).status_code == 202
+    report = deliver(app, smtp, clock)
+    assert (report.sent, len(report.retried)) == ([], 1)
+    assert db.session.scalar(select(func.count()).select_from(OneTimePassword)) == 1
+    smtp.start()
+    clock.advance(10)  # past the first retry's backoff
+    assert len(deliver(app, smtp, clock).sent) == 1
+    clock.advance(60)
+    assert deliver(app, smtp, clock).sent == []  # once
+    [code] = codes_sent_to(smtp, "member@example.com")
+    assert verify(client, qa, code, email="member@example.com").status_code == 200
+
+
+def test_the_outbox_page_never_shows_a_code_once_sent(app, client, qa, smtp, clock, make):
+    configure(qa, is_otp_auto_sent_to_internal_users=True)
+    ask(client, qa, login="member@example.com", password=PASSWORD)
+    make.user("admin@example.com", "admin")
+    admin = app.test_client()
+    admin.post("/login", data={"email": "admin@example.com", "password": PASSWORD})
+    deliver(app, smtp, clock)
+    [code] = codes_sent_to(smtp, "member@example.com")
+    page = admin.get("/outbox").get_data(as_text=True)
+    assert "one-time password for" in page and code not in page and "(not shown)" in page

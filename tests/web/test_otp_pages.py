@@ -135,3 +135,21 @@ def test_generate_on_the_device_page(app, qa):
     for email in ("tech@example.com", "elsewhere@example.com"):
         assert signed_in(app, email).get(url).status_code == 403
     assert db.session.scalar(select(func.count()).select_from(OneTimePassword)) == 2
+
+
+def test_without_a_mail_server_the_outbox_shows_a_waiting_code_that_works(app, client, qa,
+                                                                         make):
+    """The demo's way: no SMTP, so the Outbox page stands in for the user's inbox."""
+    ask(client, qa)
+    approver = signed_in(app, APPROVER)
+    assert approver.post(links()[0], data={"decision": "approve"}).status_code == 200
+    make.user("admin@example.com", "admin")
+    outbox = text(signed_in(app, "admin@example.com").get("/outbox"))
+    code = re.search(r"^\s+(\d{8})\s*$", outbox, re.M).group(1)
+    verified = client.post("/api/v1/agent/otp/verify",
+                           json={"username": "jsmith", "email": "j.smith@example.com",
+                                 "password": code}, headers=bearer(qa.device_token))
+    assert verified.status_code == 200
+    assert code not in text(signed_in(app, "admin@example.com").get("/outbox"))  # used
+    page = text(approver.get(f"/departments/{qa.id}/devices/{qa.device_id}"))
+    assert "jsmith (j.smith@example.com)" in page and "running" in page

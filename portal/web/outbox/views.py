@@ -7,7 +7,7 @@ from flask_login import current_user, login_required
 
 from portal.domain.permissions import Action
 from portal.services import authz, mail
-from portal.web.common import page_before
+from portal.web.common import page_before, utcnow
 
 bp = Blueprint("outbox", __name__)
 
@@ -21,4 +21,5 @@ def index():
     return render_template("outbox/index.html", messages=page.items,
                            next_before=page.next_after,
                            before=before, mail_configured=mail.is_configured(),
-                           links_in=mail.approval_links_in)
+                           links_in=mail.approval_links_in,
+                           bodies=mail.outbox_bodies(page.items, utcnow()))
