@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import directory_server
 import pytest
 from factories import TEST_CONFIG, AuthActions, Factory
 from flask.testing import FlaskClient
@@ -126,3 +127,22 @@ def make(app):
 @pytest.fixture
 def auth(client):
     return AuthActions(client)
+
+
+@pytest.fixture(scope="session")
+def _slapd(tmp_path_factory):
+    if not directory_server.is_installed():
+        pytest.skip("OpenLDAP's slapd is not installed (/usr/sbin/slapd, /usr/sbin/slapadd): "
+                    "apt-get install slapd ldap-utils")
+    server = directory_server.Slapd(tmp_path_factory.mktemp("slapd"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def directory(_slapd):
+    """A real OpenLDAP slapd, running and answering whatever the test before did to it;
+    its `.config` holds the PORTAL_LDAP_* settings (tests/directory_server.py)."""
+    _slapd.start()
+    return _slapd

@@ -213,3 +213,44 @@ def test_auditor_sees_the_form_disabled_and_no_save_button(client, auth, url):
     # The exclusions table is read-only too.
     exclusions = doc.one("section", id="exclusions")
     assert exclusions.find("button") is None and exclusions.find("form") is None
+
+
+# --- the directory -------------------------------------------------------------------
+
+NO_DIRECTORY = ("No directory is configured (PORTAL_LDAP_URL is not set): directory users "
+                "can't get one-time passwords until it is.")
+DIRECTORY_BOX = "is_otp_auto_sent_to_directory_users"
+
+
+@pytest.fixture
+def app_config(request):
+    """{} unless a test passes `app_config` through indirect parametrization."""
+    return getattr(request, "param", {})
+
+
+def directory_hint(doc) -> str | None:
+    box = field_container(doc, DIRECTORY_BOX)
+    hint = box.find("p", class_="hint")
+    if hint is None:
+        return None
+    assert hint.get("id") in control(doc, DIRECTORY_BOX).get("aria-describedby", "").split()
+    return hint.text()
+
+
+def test_without_a_directory_the_page_says_so_by_the_directory_box(client, admin, url):
+    assert directory_hint(page(client.get(url))) == NO_DIRECTORY
+    # The box can still be ticked ahead of the directory; the hint stays after a save.
+    response = client.post(url, data=settings_form(is_otp_allowed=True,
+                                                   is_otp_auto_sent_to_directory_users=True),
+                           headers=HTMX)
+    assert response.status_code == 200
+    assert directory_hint(page(response)) == NO_DIRECTORY
+
+
+@pytest.mark.parametrize("app_config", [{"LDAP_URL": "ldap://dc1.example.test"}],
+                         indirect=True)
+def test_with_a_directory_the_page_says_nothing_about_it(client, admin, url):
+    assert directory_hint(page(client.get(url))) is None
+    response = client.post(url, data=settings_form(is_otp_allowed=True), headers=HTMX)
+    assert directory_hint(page(response)) is None
+    assert NO_DIRECTORY not in response.get_data(as_text=True)

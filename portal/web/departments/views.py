@@ -7,7 +7,7 @@ from wtforms.fields.choices import SelectChoice
 
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.domain.permissions import Action
-from portal.services import audit, authz, departments as service
+from portal.services import audit, authz, departments as service, directory
 from portal.web.errors import status_of
 from portal.web.common import (
     apply_errors,
@@ -91,6 +91,7 @@ def _settings_context(department, form, exclusion_form=None):
         "department": department,
         "form": form,
         "can_manage": can_manage,
+        "directory_configured": directory.is_configured(),
         "exclusions": service.list_exclusions(department),
         # The "Add an exclusion" picker is only shown to those who can use it.
         "exclusion_form": exclusion_form or (_exclusion_form(department) if can_manage
@@ -142,7 +143,8 @@ def settings(department_id: int):
         return fragment("departments/_settings_form.html", status=status,
                         flash_message=message or "Please correct the highlighted fields.",
                         category="success" if message else "error",
-                        department=department, form=form, can_manage=True)
+                        department=department, form=form, can_manage=True,
+                        directory_configured=directory.is_configured())
     return render_template("departments/settings.html",
                            **_settings_context(department, form)), status
 
