@@ -119,6 +119,11 @@ def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
+        # Write-ahead logging: readers never wait for the writer, and a commit is one
+        # append (synchronous=NORMAL is durable across application crashes in WAL mode;
+        # a power cut may lose the last commits, never the database).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
 

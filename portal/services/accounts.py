@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import joinedload
 
 from portal.extensions import db
 from portal.domain.permissions import ALL_ROLES
@@ -287,10 +288,11 @@ def create_device_token(*, device: Device, actor: Actor, now: datetime) -> str:
 
 
 def find_token(token: str) -> ApiToken | None:
-    """A live token (not revoked; owner enabled), or None."""
+    """A live token (not revoked; owner enabled), or None — with its owner, in one query."""
     row = db.session.scalar(
         select(ApiToken).where(ApiToken.token_hash == crypto.keyed_hash(token),
                                ApiToken.revoked_at.is_(None))
+        .options(joinedload(ApiToken.user), joinedload(ApiToken.device))
     )
     if row is None:
         return None

@@ -206,20 +206,28 @@ class VerificationFailedError(ConflictError):
     code = "not_allowed"
 
 
-def _counter(device: Device, username_key: str) -> OtpFailureCounter:
-    """The (device, username) failure counter, created if missing and locked for this
-    transaction (row lock on PostgreSQL; SQLite's write lock is taken by the insert)."""
+def _counter(device: Device, username_key: str) -> rules.FailureCount:
+    """The (device, username) failure count, its row created if missing and locked for
+    this transaction — one upsert (a row lock on PostgreSQL; SQLite's write lock)."""
     table = OtpFailureCounter.__table__
     dialect = db.engine.dialect.name
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    db.session.execute(insert.values(device_id=device.id, username_key=username_key,
-                                     failures=0, locked_until=None)
-                       .on_conflict_do_nothing(index_elements=["device_id", "username_key"]))
-    return db.session.scalars(
-        select(OtpFailureCounter)
+    row = db.session.execute(
+        insert.values(device_id=device.id, username_key=username_key, failures=0,
+                      locked_until=None)
+        .on_conflict_do_update(index_elements=["device_id", "username_key"],
+                               set_={"failures": table.c.failures})
+        .returning(table.c.failures, table.c.locked_until)).one()
+    return rules.FailureCount(row.failures, row.locked_until)
+
+
+def _set_counter(device: Device, username_key: str, count: rules.FailureCount) -> None:
+    db.session.execute(
+        update(OtpFailureCounter)
         .where(OtpFailureCounter.device_id == device.id,
                OtpFailureCounter.username_key == username_key)
-        .with_for_update().execution_options(populate_existing=True)).one()
+        .values(failures=count.failures, locked_until=count.locked_until)
+        .execution_options(synchronize_session=False))
 
 
 def verify_otp(*, device: Device, username: str, email: str, password: str, actor: Actor,
@@ -228,8 +236,7 @@ def verify_otp(*, device: Device, username: str, email: str, password: str, acto
     failure raises VerificationFailedError (and what it counted stays)."""
     username, email = username.strip(), email.strip()
     username_key = username.casefold()
-    counter = _counter(device, username_key)
-    count = rules.FailureCount(counter.failures, counter.locked_until)
+    count = _counter(device, username_key)
     matched = None
     if rules.is_code_shaped(password.strip()) and len(username) <= rules.MAX_USERNAME:
         digest = crypto.code_hash(rules.binding(device.id, username, email), password.strip())
@@ -246,10 +253,11 @@ def verify_otp(*, device: Device, username: str, email: str, password: str, acto
             .execution_options(synchronize_session=False)).rowcount == 1
         verdict = rules.Verdict.ALLOWED if used else rules.Verdict.USED
     if verdict is not rules.Verdict.ALLOWED:
-        _count_failure(device, counter, count, username, verdict, actor, now)
+        _count_failure(device, username_key, count, username, verdict, actor, now)
         keep_changes()
         raise VerificationFailedError("The one-time password was not accepted.")
-    counter.failures, counter.locked_until = 0, None
+    if count != rules.after_success():
+        _set_counter(device, username_key, rules.after_success())
     session = ClientSession(device_id=device.id, department_id=device.department_id,
                             otp_id=matched.id, username=username, email=matched.email,
                             started_at=now)
@@ -262,12 +270,12 @@ def verify_otp(*, device: Device, username: str, email: str, password: str, acto
     return session
 
 
-def _count_failure(device: Device, counter: OtpFailureCounter, count: rules.FailureCount,
+def _count_failure(device: Device, username_key: str, count: rules.FailureCount,
                    username: str, verdict: rules.Verdict, actor: Actor,
                    now: datetime) -> None:
     after = rules.after_failure(count, now)
-    counter.failures, counter.locked_until = after.failures, after.locked_until
-    db.session.flush()
+    if after != count:  # attempts during a lock don't count
+        _set_counter(device, username_key, after)
     audit_otp(device, "otp.failed", actor, now, outcome="failure", username=username,
               reason=verdict.value)
     if after.is_locked(now) and not count.is_locked(now):
