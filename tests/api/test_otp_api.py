@@ -216,6 +216,7 @@ def test_five_failures_lock_out_even_the_right_code(app, client, qa, smtp, clock
     answers = [verify(client, qa, wrong, email=address) for _ in range(5)]
     during = [verify(client, qa, code, email=address) for _ in range(3)]
     assert {r.status_code for r in answers + during} == {403}
+    assert {r.get_data() for r in answers + during} == {b'{"allowed":false}\n'}
     assert count("otp.locked") == 1
     # A resend during the lock doesn't lift it.
     ask(client, qa, login="member@example.com", password=PASSWORD)
@@ -323,3 +324,28 @@ def test_the_outbox_page_never_shows_a_code_once_sent(app, client, qa, smtp, clo
     [code] = codes_sent_to(smtp, "member@example.com")
     page = admin.get("/outbox").get_data(as_text=True)
     assert "one-time password for" in page and code not in page and "(not shown)" in page
+
+
+def test_a_success_resets_the_count_and_a_resend_does_not(app, client, qa, smtp, clock):
+    configure(qa, is_otp_auto_sent_to_internal_users=True, otp_expiration_minutes=120)
+    address = "member@example.com"
+    ask(client, qa, login=address, password=PASSWORD)
+    deliver(app, smtp, clock)
+    [code] = codes_sent_to(smtp, address)
+    wrong = f"{(int(code) + 1) % 10 ** 8:08d}"
+    for _ in range(3):
+        verify(client, qa, wrong, email=address)
+    ask(client, qa, login=address, password=PASSWORD)  # a resend: the count stays at 3
+    for _ in range(2):
+        verify(client, qa, wrong, email=address)
+    assert count("otp.locked") == 1
+    clock.advance(minutes=15)
+    assert verify(client, qa, code, email=address).status_code == 200  # resets
+    clock.advance(minutes=61)
+    ask(client, qa, login=address, password=PASSWORD)  # a new code
+    deliver(app, smtp, clock)
+    new_code = codes_sent_to(smtp, address)[-1]
+    for _ in range(4):
+        verify(client, qa, f"{(int(new_code) + 1) % 10 ** 8:08d}", email=address)
+    assert count("otp.locked") == 1  # 4 since the success: no new lock
+    assert verify(client, qa, new_code, email=address).status_code == 200
