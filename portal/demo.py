@@ -147,6 +147,16 @@ def demo_command(host: str, port: int, no_serve: bool) -> None:
     click.echo("\nAPI tokens:")
     for label, token in tokens:
         click.echo(f"  {label}: {token}")
+    device_token = dict(tokens).get("WIN-0859G9I39J0 (device token)")
+    if device_token:
+        base = app.config["BASE_URL"]
+        click.echo("\nOne-time passwords (QA Team asks its approvers first):")
+        click.echo(f"  portal-agent --url {base} --token {device_token} \\")
+        click.echo("      otp request --user jsmith --email j.smith@example.com")
+        click.echo("  then Approve it from the Outbox's Check Request link as "
+                   "approver@example.com, read the code in the Outbox, and:")
+        click.echo(f"  portal-agent --url {base} --token {device_token} \\")
+        click.echo("      otp verify --user jsmith --email j.smith@example.com")
     click.echo(f"\nDatabase: {app.config['SQLALCHEMY_DATABASE_URI']}")
     if no_serve:
         return
