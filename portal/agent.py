@@ -12,102 +12,28 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import math
 import os
 import queue
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED = 130
-HTTP_TIMEOUT_SECONDS = 10
+from portal.agent_http import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_BACKOFF_SECONDS,
+    AgentError,
+    Portal,
+    UnauthorizedError,
+    say,
+    shown,
+)
+
 HEARTBEAT_SECONDS = 30  # how often a looping agent re-reports its state
-MAX_BACKOFF_SECONDS = 30  # longest pause between retries while the portal is away
 ANSWERS = {"y": "accept", "yes": "accept", "n": "decline", "no": "decline"}
-
-
-class AgentError(Exception):
-    exit_code = EXIT_ERROR
-
-
-class UnauthorizedError(AgentError):  # 401: fatal, whatever the mode
-    exit_code = EXIT_UNAUTHORIZED
-
-
-class UnreachableError(AgentError):  # connection refused, DNS, timeout
-    exit_code = EXIT_UNREACHABLE
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def shown(value) -> str:
-    """Text from the portal, safe for a terminal (no escape sequences)."""
-    return "".join(c if c.isprintable() or c == "\n" else " " for c in str(value or ""))
-
-
-# --- HTTP ------------------------------------------------------------------------------
-
-
-class Portal:
-    """The agent half of the JSON API. `call` returns (status, body) for 2xx, 404, 409
-    and 410; anything else raises an AgentError with the portal's own message."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-
-    def call(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
-                return response.status, _json(response.read())
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, _json(exc.read())
-            exc.close()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            reason = getattr(reason, "strerror", None) or reason
-            raise UnreachableError(f"cannot reach the portal at {self.url}: {reason}") from None
-        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-        if status == 401:
-            raise UnauthorizedError(f"the portal refused the device token (401): "
-                                    f"{message or 'unknown or revoked token'}")
-        if status in (404, 409, 410):
-            return status, body
-        raise AgentError(f"{method} {path} failed with HTTP {status}: "
-                         f"{message or 'unexpected answer'}")
-
-    def report_state(self, locked: bool, user: str | None) -> None:
-        self.call("PUT", "/agent/state", {"locked": locked, "logged_in_user": user})
-
-    def prompts(self) -> list[dict]:
-        _status, body = self.call("GET", "/agent/prompts")
-        prompts = body.get("prompts") if isinstance(body, dict) else None
-        if not isinstance(prompts, list):
-            raise AgentError("the portal's prompt list was not understood")
-        return prompts
-
-    def decide(self, prompt_id: int, decision: str) -> tuple[int, dict]:
-        return self.call("POST", f"/agent/prompts/{prompt_id}", {"decision": decision})
-
-
-def _json(raw: bytes):
-    try:
-        return json.loads(raw or b"{}")
-    except ValueError:  # not JSON (a proxy's error page, a wrong --url)
-        return {}
 
 
 # --- the console -----------------------------------------------------------------------
