@@ -1,13 +1,19 @@
 """`portal-agent` as a real process against the test app served on 127.0.0.1 — what the
-agent tests share: the `portal_url` fixture (import it into the test module) and where
-the installed console script is."""
+agent tests share: the `portal_url` fixture (import it into the test module), where the
+installed console script is, and a pseudo-terminal to run it on."""
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import shutil
+import subprocess
 import sys
+import termios
 import threading
+import time
 from pathlib import Path
+from select import select
 
 import pytest
 from werkzeug.serving import make_server
@@ -60,3 +66,42 @@ def portal_url(app):
     served = ServedApp(app)
     yield served.url
     served.stop()
+
+
+class Terminal:
+    """The agent on a pseudo-terminal of its own (its controlling terminal, as at a
+    login screen): what it shows, and what is typed after a prompt."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.master, slave = pty.openpty()
+        self.process = subprocess.Popen(
+            command, stdin=slave, stdout=slave, stderr=slave, env=env,
+            start_new_session=True,  # then the terminal becomes its controlling one
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(slave)
+        self.shown = ""
+
+    def read_until(self, text: str | None) -> str:
+        """Output up to `text` (None: until the agent ends)."""
+        give_up = time.monotonic() + AGENT_TIMEOUT
+        while text is None or text not in self.shown:
+            assert time.monotonic() < give_up, f"never shown: {text!r} in {self.shown!r}"
+            if not select([self.master], [], [], 0.1)[0]:
+                continue
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:  # EIO: the agent closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            self.shown += chunk.decode(errors="replace")
+        return self.shown
+
+    def type(self, line: str) -> None:
+        os.write(self.master, line.encode() + b"\n")
+
+    def finish(self) -> tuple[int, str]:
+        self.read_until(None)
+        code = self.process.wait(timeout=AGENT_TIMEOUT)
+        os.close(self.master)
+        return code, self.shown

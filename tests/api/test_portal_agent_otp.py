@@ -3,19 +3,14 @@ against the app served on 127.0.0.1, with mail delivered to a real SMTP server o
 loopback: what the person at the login screen reads, and the exit codes."""
 from __future__ import annotations
 
-import fcntl
-import os
-import pty
 import re
 import subprocess
 import sys
-import termios
 import time
-from select import select as wait_for_fds
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from agent_process import AGENT_TIMEOUT, ServedApp, agent_env, agent_path
+from agent_process import AGENT_TIMEOUT, ServedApp, Terminal, agent_env, agent_path
 from agent_process import portal_url  # noqa: F401 (a fixture)
 from factories import PASSWORD
 from smtp_server import SmtpServer
@@ -89,6 +84,11 @@ class LoginScreen:
             self.command(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=agent_env(TZ=TZ_EAST)))
         return self.started[-1]
+
+    def terminal(self, *args) -> Terminal:
+        terminal = Terminal(self.command(*args), env=agent_env(TZ=TZ_EAST))
+        self.started.append(terminal.process)
+        return terminal
 
     def request_internal(self, username="jsmith", password=PASSWORD):
         return self.run("request", "--user", username, "--login", USER_EMAIL,
@@ -197,49 +197,9 @@ def test_an_internal_user_gets_the_code_and_signs_in_with_it(app, screen, smtp):
     assert unknown.returncode == 1 and "no client session" in unknown.stderr
 
 
-class Terminal:
-    """The agent on a pseudo-terminal of its own (its controlling terminal, as at a
-    login screen): what it shows, and what is typed after a prompt."""
-
-    def __init__(self, screen: LoginScreen, *args) -> None:
-        self.master, slave = pty.openpty()
-        self.process = subprocess.Popen(
-            screen.command(*args), stdin=slave, stdout=slave, stderr=slave, env=agent_env(TZ=TZ_EAST),
-            start_new_session=True,
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
-        screen.started.append(self.process)
-        os.close(slave)
-        self.shown = ""
-
-    def read_until(self, text: str | None) -> str:
-        """Output up to `text` (None: until the agent ends)."""
-        give_up = time.monotonic() + AGENT_TIMEOUT
-        while text is None or text not in self.shown:
-            assert time.monotonic() < give_up, f"never shown: {text!r} in {self.shown!r}"
-            if not wait_for_fds([self.master], [], [], 0.1)[0]:
-                continue
-            try:
-                chunk = os.read(self.master, 4096)
-            except OSError:  # EIO: the agent closed the terminal
-                chunk = b""
-            if not chunk:
-                break
-            self.shown += chunk.decode(errors="replace")
-        return self.shown
-
-    def type(self, line: str) -> None:
-        os.write(self.master, line.encode() + b"\n")
-
-    def finish(self) -> tuple[int, str]:
-        self.read_until(None)
-        code = self.process.wait(timeout=AGENT_TIMEOUT)
-        os.close(self.master)
-        return code, self.shown
-
-
 def test_at_a_terminal_the_password_and_the_code_are_typed_without_echo(app, screen, smtp):
     screen.configure(is_otp_allowed=True, is_otp_auto_sent_to_internal_users=True)
-    asking = Terminal(screen, "request", "--user", "jsmith", "--login", USER_EMAIL)
+    asking = screen.terminal("request", "--user", "jsmith", "--login", USER_EMAIL)
     asking.read_until("Portal password: ")
     asking.type(PASSWORD)
     code, shown = asking.finish()
@@ -248,7 +208,7 @@ def test_at_a_terminal_the_password_and_the_code_are_typed_without_echo(app, scr
     assert PASSWORD not in shown
     [otp] = codes_delivered(app, smtp)
 
-    signing_in = Terminal(screen, "verify", "--user", "jsmith", "--email", USER_EMAIL)
+    signing_in = screen.terminal("verify", "--user", "jsmith", "--email", USER_EMAIL)
     signing_in.read_until("One-time password: ")
     signing_in.type(otp)
     code, shown = signing_in.finish()
