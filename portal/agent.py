@@ -5,109 +5,46 @@ It reports the device's state (PUT /api/v1/agent/state), polls its end-user prom
 (GET /api/v1/agent/prompts) and asks the person at the console to accept or decline each
 one before its countdown runs out (POST /api/v1/agent/prompts/<id>).
 
-Exit codes: 0 done, 1 unexpected answer from the portal, 2 bad arguments, 3 the device
-token was refused (401), 4 the portal cannot be reached, 130 stopped with Ctrl+C.
+`portal-agent otp request|verify|end-session` is the login screen's one-time password
+flow (portal/agent_otp.py): ask for a code (and wait for an approver when one must grant
+it), sign in with it, end the client session. --url and --token work for it as for the
+prompt loop, before or after the subcommand.
+
+Exit codes: 0 done, 1 unexpected answer from the portal, 2 bad arguments (or details the
+portal found invalid), 3 the device token was refused (401), 4 the portal cannot be
+reached, 130 stopped with Ctrl+C. The otp commands add: 5 access denied by an approver,
+6 the request timed out, 7 one-time passwords not allowed for the device's department
+(otp_disabled), 8 wrong portal login or password (invalid_credentials), 9 user not in the
+directory (not_in_directory), 10 too soon after the device's last new code (too_soon),
+11 directory unreachable (directory_unavailable), 12 one-time password not accepted.
 """
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import math
 import os
 import queue
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAUTHORIZED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-EXIT_INTERRUPTED = 130
-HTTP_TIMEOUT_SECONDS = 10
+from portal import agent_otp
+from portal.agent_http import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MAX_BACKOFF_SECONDS,
+    AgentError,
+    Portal,
+    UnauthorizedError,
+    say,
+    shown,
+)
+
 HEARTBEAT_SECONDS = 30  # how often a looping agent re-reports its state
-MAX_BACKOFF_SECONDS = 30  # longest pause between retries while the portal is away
 ANSWERS = {"y": "accept", "yes": "accept", "n": "decline", "no": "decline"}
-
-
-class AgentError(Exception):
-    exit_code = EXIT_ERROR
-
-
-class UnauthorizedError(AgentError):  # 401: fatal, whatever the mode
-    exit_code = EXIT_UNAUTHORIZED
-
-
-class UnreachableError(AgentError):  # connection refused, DNS, timeout
-    exit_code = EXIT_UNREACHABLE
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def shown(value) -> str:
-    """Text from the portal, safe for a terminal (no escape sequences)."""
-    return "".join(c if c.isprintable() or c == "\n" else " " for c in str(value or ""))
-
-
-# --- HTTP ------------------------------------------------------------------------------
-
-
-class Portal:
-    """The agent half of the JSON API. `call` returns (status, body) for 2xx, 404, 409
-    and 410; anything else raises an AgentError with the portal's own message."""
-
-    def __init__(self, url: str, token: str) -> None:
-        self.url = url.rstrip("/")
-        self.token = token
-
-    def call(self, method: str, path: str, payload: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
-        request.add_header("Accept", "application/json")
-        if data is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
-                return response.status, _json(response.read())
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, _json(exc.read())
-            exc.close()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            reason = getattr(reason, "strerror", None) or reason
-            raise UnreachableError(f"cannot reach the portal at {self.url}: {reason}") from None
-        message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
-        if status == 401:
-            raise UnauthorizedError(f"the portal refused the device token (401): "
-                                    f"{message or 'unknown or revoked token'}")
-        if status in (404, 409, 410):
-            return status, body
-        raise AgentError(f"{method} {path} failed with HTTP {status}: "
-                         f"{message or 'unexpected answer'}")
-
-    def report_state(self, locked: bool, user: str | None) -> None:
-        self.call("PUT", "/agent/state", {"locked": locked, "logged_in_user": user})
-
-    def prompts(self) -> list[dict]:
-        _status, body = self.call("GET", "/agent/prompts")
-        prompts = body.get("prompts") if isinstance(body, dict) else None
-        if not isinstance(prompts, list):
-            raise AgentError("the portal's prompt list was not understood")
-        return prompts
-
-    def decide(self, prompt_id: int, decision: str) -> tuple[int, dict]:
-        return self.call("POST", f"/agent/prompts/{prompt_id}", {"decision": decision})
-
-
-def _json(raw: bytes):
-    try:
-        return json.loads(raw or b"{}")
-    except ValueError:  # not JSON (a proxy's error page, a wrong --url)
-        return {}
 
 
 # --- the console -----------------------------------------------------------------------
@@ -274,29 +211,47 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+LOOP_OPTIONS = ("--locked", "--user", "--no-user", "--interval", "--once", "--auto")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="portal-agent",
+        usage="%(prog)s [--url URL] [--token TOKEN] [--locked] [--user USER | --no-user]"
+              "\n                    [--interval INTERVAL] [--once] [--auto {accept,decline}]"
+              "\n       %(prog)s [--url URL] [--token TOKEN] otp "
+              "{request,verify,end-session} ...",
         description="Session Gate device agent: report this device's state and answer "
-                    "session confirmation prompts.",
+                    "session confirmation prompts; `otp` for the login screen's one-time "
+                    "passwords.",
         epilog="Exit codes: 0 done, 1 portal error, 2 bad arguments, 3 token refused, "
-               "4 portal unreachable, 130 interrupted.")
+               f"4 portal unreachable, 130 interrupted; otp: {agent_otp.EXIT_CODES_HELP}.")
+    url_help = "portal base URL (default: %(default)s, or PORTAL_AGENT_URL)"
+    token_help = "device token (default: PORTAL_AGENT_TOKEN)"
     parser.add_argument("--url", default=os.environ.get("PORTAL_AGENT_URL",
                                                         "http://127.0.0.1:5000"),
-                        help="portal base URL (default: %(default)s, or PORTAL_AGENT_URL)")
+                        help=url_help)
     parser.add_argument("--token", default=os.environ.get("PORTAL_AGENT_TOKEN"),
-                        help="device token (default: PORTAL_AGENT_TOKEN)")
+                        help=token_help)
     parser.add_argument("--locked", action="store_true", help="report the device as locked")
     who = parser.add_mutually_exclusive_group()
-    who.add_argument("--user", default=_os_user(),
-                     help="logged-in user to report (default: %(default)s)")
+    who.add_argument("--user", help=f"logged-in user to report (default: {_os_user()})")
     who.add_argument("--no-user", action="store_true", help="report that nobody is logged in")
-    parser.add_argument("--interval", type=float, default=1.0,
-                        help="seconds between polls (default: %(default)s)")
+    parser.add_argument("--interval", type=float,
+                        help="seconds between polls (default: 1.0)")
     parser.add_argument("--once", action="store_true",
                         help="handle the prompts open now, then exit")
     parser.add_argument("--auto", choices=("accept", "decline"),
                         help="answer every prompt this way without asking")
+    # --url and --token may also follow a subcommand; unset there, the above apply.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS,
+                        help="portal base URL (default: PORTAL_AGENT_URL, or "
+                             "http://127.0.0.1:5000)")
+    common.add_argument("--token", default=argparse.SUPPRESS, help=token_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     title="commands (default: answer prompts)")
+    agent_otp.add_commands(commands, common)
     args = parser.parse_args(_glue_token(sys.argv[1:] if argv is None else list(argv)))
     if not args.token or not args.token.strip():
         parser.error("a device token is required (--token or PORTAL_AGENT_TOKEN)")
@@ -304,6 +259,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scheme = urllib.parse.urlsplit(args.url)
     if scheme.scheme not in ("http", "https") or not scheme.netloc:
         parser.error(f"--url must be an http:// or https:// address, not {args.url!r}")
+    if args.command:
+        given = [flag for flag, value in zip(LOOP_OPTIONS, (
+            args.locked, args.user is not None, args.no_user, args.interval is not None,
+            args.once, args.auto is not None)) if value]
+        if given:
+            parser.error(f"{', '.join(given)}: for answering prompts, not for "
+                         f"`{args.command}` (its own options follow it)")
+        agent_otp.check_args(parser, args)
+        return args
+    if args.user is None and not args.no_user:
+        args.user = _os_user()
+    if args.interval is None:
+        args.interval = 1.0
     if not 0.1 <= args.interval <= 3600:
         parser.error("--interval must be between 0.1 and 3600 seconds")
     return args
@@ -312,7 +280,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _glue_token(argv: list[str]) -> list[str]:
     """Tokens are URL-safe base64 and may begin with "-", which argparse would take for an
     option: `--token -abc` becomes `--token=-abc`."""
-    if "--token" in argv[:-1]:
+    while "--token" in argv[:-1]:
         at = argv.index("--token")
         argv[at:at + 2] = [f"--token={argv[at + 1]}"]
     return argv
@@ -334,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or bad arguments (2, message printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        if args.command:
+            return args.otp_run(Portal(args.url, args.token), args)
         return run(args)
     except AgentError as exc:
         print(f"portal-agent: error: {exc}", file=sys.stderr, flush=True)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+from agent_process import AGENT_TIMEOUT, portal_url  # noqa: F401 (a fixture)
+from agent_process import agent_path as _agent_path
 from sqlalchemy import func, select, update
-from werkzeug.serving import make_server
 
 from portal.extensions import db
 from portal.models import Device, RemoteSession, SessionRequest
@@ -23,30 +20,10 @@ from portal.services import requests as request_service
 from portal.services.actors import CLI, Actor
 
 MESSAGE = "Support would like to fix your printer. Allow the session?"
-AGENT_TIMEOUT = 30  # seconds: no agent run may hang the suite
-
-
-def _agent_path() -> str:
-    found = shutil.which("portal-agent", path=str(Path(sys.executable).parent)) \
-        or shutil.which("portal-agent")
-    assert found, "the portal-agent console script is not installed (pip install -e .)"
-    return found
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@pytest.fixture
-def portal_url(app):
-    """The test app served by a real threaded HTTP server, as the agent sees a portal."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
-    server.server_close()
 
 
 class Site:
