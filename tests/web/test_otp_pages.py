@@ -4,12 +4,14 @@ page (design.md "One-time passwords")."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from factories import NOW, PASSWORD
 from sqlalchemy import func, select
 
 from portal.extensions import db
+from portal.jobs import expire_overdue
 from portal.models import AuditEvent, OneTimePassword, OtpAccessRequest, OutboxMessage
 from portal.services import departments, devices
 from portal.services.actors import CLI
@@ -153,3 +155,50 @@ def test_without_a_mail_server_the_outbox_shows_a_waiting_code_that_works(app, c
     assert code not in text(signed_in(app, "admin@example.com").get("/outbox"))  # used
     page = text(approver.get(f"/departments/{qa.id}/devices/{qa.device_id}"))
     assert "jsmith (j.smith@example.com)" in page and "running" in page
+
+
+@pytest.fixture
+def csrf_app(app):
+    app.config["WTF_CSRF_ENABLED"] = True
+    return app
+
+
+def test_deciding_an_otp_request_needs_the_page_s_csrf_token(csrf_app, client, qa):
+    ask(client, qa)
+    path = links()[0]
+    approver = csrf_app.test_client()
+    login_page = text(approver.get("/login"))
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"|'
+                      r'name="csrf_token" value="([^"]+)"', login_page)
+    token = token.group(1) or token.group(2)
+    assert approver.post("/login", data={"email": APPROVER, "password": PASSWORD,
+                                         "csrf_token": token}).status_code == 303
+    refused = approver.post(path, data={"decision": "approve"})
+    assert refused.status_code == 400
+    assert db.session.scalar(select(OtpAccessRequest.status)) == "pending"
+    page = text(approver.get(path))
+    form_token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert approver.post(path, data={"decision": "approve", "csrf_token": form_token}
+                         ).status_code == 200
+    assert db.session.scalar(select(OtpAccessRequest.status)) == "approved"
+
+
+def test_the_expiry_job_times_out_otp_requests_once(app, client, qa):
+    request_id = ask(client, qa)  # on the real clock: due in 30 minutes
+    created = db.session.get(OtpAccessRequest, request_id).created_at
+    with app.app_context():
+        expire_overdue(created + timedelta(minutes=10))  # not due yet
+        db.session.commit()
+    assert db.session.get(OtpAccessRequest, request_id).status == "pending"
+    for _ in range(2):  # a second sweep finds nothing more to do
+        with app.app_context():
+            expire_overdue(created + timedelta(minutes=30))
+            db.session.commit()
+    db.session.expire_all()
+    assert db.session.get(OtpAccessRequest, request_id).status == "timed_out"
+    assert db.session.scalar(select(func.count()).select_from(AuditEvent).where(
+        AuditEvent.action == "otp.timed_out")) == 1
+    assert {m.status for m in db.session.scalars(select(OutboxMessage))} == {"cancelled"}
+    status = client.get(f"/api/v1/agent/otp/requests/{request_id}",
+                        headers=bearer(qa.device_token)).get_json()
+    assert status["status"] == "timed_out"
