@@ -132,6 +132,19 @@ def is_own_request(req: SessionRequest, user: User | None = None,
     return email is not None and email.lower() == req.technician.email.lower()
 
 
+def check_link_holder(link: ApprovalLink, signed_in: User | None, *,
+                      is_current: bool) -> None:
+    """The rules every approval link decides under, whatever its request: it still
+    works (`is_current`: its recipient is still one), under the stricter sign-in rule,
+    and only for its own recipient."""
+    if not is_current:
+        raise ForbiddenError(LINK_ENDED)
+    if is_sign_in_required(link) and signed_in is None:
+        raise SignInRequiredError("Sign in as the link's recipient to decide.")
+    if signed_in is not None and signed_in.email.lower() != link.recipient_email.lower():
+        raise ForbiddenError("This link was sent to somebody else. Sign in as its recipient.")
+
+
 def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
                        user_agent: str = "") -> bool:
     """The first GET of a link is recorded once ("link opened"); later GETs — which anyone
@@ -159,12 +172,7 @@ def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | Non
     """A recipient's Allow / Deny from the email's link (found with find_link)."""
     allow, comment = _allow_or_deny(decision, comment)
     req = link.request
-    if not is_link_current(link):
-        raise ForbiddenError(LINK_ENDED)
-    if is_sign_in_required(link) and signed_in is None:
-        raise SignInRequiredError("Sign in as the link's recipient to decide.")
-    if signed_in is not None and signed_in.email.lower() != link.recipient_email.lower():
-        raise ForbiddenError("This link was sent to somebody else. Sign in as its recipient.")
+    check_link_holder(link, signed_in, is_current=is_link_current(link))
     if is_own_request(req, signed_in, link.recipient_email):
         raise ForbiddenError(OWN_REQUEST)
     return _approver_decides(

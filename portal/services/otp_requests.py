@@ -18,7 +18,6 @@ from portal.domain.errors import (
     InvalidCredentialsError,
     InvalidInputError,
     NotFoundError,
-    SignInRequiredError,
     ThrottledError,
     TooSoonError,
 )
@@ -28,7 +27,7 @@ from portal.extensions import db
 from portal.models import ApprovalLink, Device, Membership, OtpAccessRequest, User
 from portal.services import accounts, authz, crypto, directory, mail
 from portal.services.actors import SYSTEM, Actor
-from portal.services.decisions import LINK_ENDED, OWN_REQUEST, is_sign_in_required
+from portal.services.decisions import OWN_REQUEST, check_link_holder
 from portal.services.otp import (
     audit_otp,
     clean_email,
@@ -196,12 +195,7 @@ def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | Non
     """A recipient's Approve / Deny from the email's link."""
     approve, comment = _approve_or_deny(decision, comment)
     ask = link.otp_request
-    if not is_link_current(link):
-        raise ForbiddenError(LINK_ENDED)
-    if is_sign_in_required(link) and signed_in is None:
-        raise SignInRequiredError("Sign in as the link's recipient to decide.")
-    if signed_in is not None and signed_in.email.lower() != link.recipient_email.lower():
-        raise ForbiddenError("This link was sent to somebody else. Sign in as its recipient.")
+    check_link_holder(link, signed_in, is_current=is_link_current(link))
     if is_own(ask, signed_in, link.recipient_email):
         raise ForbiddenError(OWN_REQUEST)
     return _decide(ask, approve, decided_by=link.recipient_email, comment=comment,
