@@ -75,6 +75,7 @@ def upgrade():
     )
     with op.batch_alter_table('one_time_passwords', schema=None) as batch_op:
         batch_op.create_index('ix_one_time_passwords_device_binding', ['device_id', 'username_key', 'email_key', 'expires_at'], unique=False)
+        batch_op.create_index('ix_one_time_passwords_expires_at', ['expires_at'], unique=False)
 
     op.create_table('client_sessions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -145,6 +146,7 @@ def downgrade():
 
     op.drop_table('client_sessions')
     with op.batch_alter_table('one_time_passwords', schema=None) as batch_op:
+        batch_op.drop_index('ix_one_time_passwords_expires_at')
         batch_op.drop_index('ix_one_time_passwords_device_binding')
 
     op.drop_table('one_time_passwords')

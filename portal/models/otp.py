@@ -59,6 +59,8 @@ class OneTimePassword(db.Model):
     __table_args__ = (
         Index("ix_one_time_passwords_device_binding", "device_id", "username_key",
               "email_key", "expires_at"),
+        # The expiry job drops the sealed copies of codes that ran out.
+        Index("ix_one_time_passwords_expires_at", "expires_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -233,7 +233,10 @@ def _set_counter(device: Device, username_key: str, count: rules.FailureCount) -
 def verify_otp(*, device: Device, username: str, email: str, password: str, actor: Actor,
                now: datetime) -> ClientSession:
     """Check a code typed at the login screen; a success starts a client session. A
-    failure raises VerificationFailedError (and what it counted stays)."""
+    failure raises VerificationFailedError (and what it counted stays). With one-time
+    passwords turned off for the department, no code works any more (the same answer)."""
+    if not settings_of(device).is_allowed:
+        raise VerificationFailedError("The one-time password was not accepted.")
     username, email = username.strip(), email.strip()
     username_key = username.casefold()
     count = _counter(device, username_key)

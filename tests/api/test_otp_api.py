@@ -349,3 +349,15 @@ def test_a_success_resets_the_count_and_a_resend_does_not(app, client, qa, smtp,
         verify(client, qa, f"{(int(new_code) + 1) % 10 ** 8:08d}", email=address)
     assert count("otp.locked") == 1  # 4 since the success: no new lock
     assert verify(client, qa, new_code, email=address).status_code == 200
+
+
+def test_turning_otp_off_stops_every_code_with_the_same_answer(app, client, qa, smtp, clock):
+    configure(qa, is_otp_auto_sent_to_internal_users=True)
+    ask(client, qa, login="member@example.com", password=PASSWORD)
+    deliver(app, smtp, clock)
+    [code] = codes_sent_to(smtp, "member@example.com")
+    configure(qa, is_otp_allowed=False)
+    refused = verify(client, qa, code, email="member@example.com")
+    assert (refused.status_code, refused.get_data()) == (403, b'{"allowed":false}\n')
+    configure(qa, is_otp_allowed=True)
+    assert verify(client, qa, code, email="member@example.com").status_code == 200
