@@ -40,12 +40,17 @@ def _database(tmp_path_factory):
 
 
 def _empty_tables() -> None:
-    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    """Every table empty and every id counting from 1 again. DELETE, children first, not
+    TRUNCATE: on PostgreSQL a TRUNCATE of every table costs ~100 ms a test, DELETE of
+    the few rows a test leaves ~5 ms; one statement then restarts every sequence.
+    (SQLite's ids, without AUTOINCREMENT, start again from 1 by themselves.)"""
+    for table in reversed(db.metadata.sorted_tables):
+        db.session.execute(table.delete())
     if db.engine.dialect.name == "postgresql":
-        db.session.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-    else:
-        for table in tables:
-            db.session.execute(text(f"DELETE FROM {table}"))
+        db.session.execute(text(
+            "SELECT setval(c.oid, 1, false) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'S' AND n.nspname = current_schema()"))
     db.session.commit()
 
 
