@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import joinedload
 
 from portal.domain import requests as rules
-from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.domain.errors import InvalidInputError, NotFoundError
+from portal.domain.requests import EmailCheck, Status
 from portal.domain.permissions import Action
 from portal.extensions import db
 from portal.models import ApprovalLink, Device, Exclusion, SessionRequest, User
