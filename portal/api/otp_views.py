@@ -8,6 +8,7 @@ from portal.api.serializers import iso
 from portal.api.views import ID, body, bp, device_actor
 from portal.clock import request_now
 from portal.domain.errors import BadRequestError
+from portal.domain.otp import mask_email
 from portal.services import otp, otp_requests
 
 
@@ -48,7 +49,7 @@ def agent_otp_request_status(request_id: int):
     status = otp.access_status(ask, request_now())
     payload = {"id": ask.id, "status": status.value, "expires_at": iso(ask.expires_at)}
     if status.value == "approved":
-        payload["sent_to"] = otp.mask_address(ask.email)
+        payload["sent_to"] = mask_email(ask.email)
     if ask.comment:
         payload["comment"] = ask.comment
     return jsonify(payload)

@@ -323,8 +323,5 @@ def client_sessions_of(device: Device, limit: int = 20) -> list[ClientSession]:
         .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()).limit(limit)))
 
 
-mask_address = rules.mask_email
-
-
 def access_status(ask: OtpAccessRequest, now: datetime) -> AccessStatus:
     return rules.effective_access_status(ask.status, ask.expires_at, now)

@@ -33,32 +33,26 @@ def _signed_in():
 
 
 def _context(link, now, **extra):
+    """What the page shows: the request (a session request or an OTP access request) as
+    it reads now, and what this link may still do for whoever holds it."""
+    signed_in = _signed_in()
     if link.otp_request_id is not None:
-        return _otp_context(link, now, **extra)
-    req = link.request
-    signed_in = _signed_in()
+        ask = link.otp_request
+        status = otp.access_status(ask, now)
+        shown = {"ask": ask, "status": status.value,
+                 "seconds_left": otp_rules.seconds_until(ask.expires_at, now)
+                 if status is otp_rules.AccessStatus.PENDING else 0,
+                 "is_link_current": otp_requests.is_link_current(link),
+                 "is_own_request": otp_requests.is_own(ask, signed_in, link.recipient_email)}
+    else:
+        req = link.request
+        shown = {"req": req, **asdict(service.reading(req, now)),
+                 "is_link_current": decisions.is_link_current(link),
+                 "is_own_request": decisions.is_own_request(req, signed_in,
+                                                            link.recipient_email)}
     return {
-        "link": link, "req": req, **asdict(service.reading(req, now)),
+        "link": link, **shown,
         "sign_in_required": decisions.is_sign_in_required(link),
-        "is_link_current": decisions.is_link_current(link),
-        "is_own_request": decisions.is_own_request(req, signed_in, link.recipient_email),
-        "signed_in": signed_in,
-        "is_recipient": bool(signed_in and signed_in.email.lower()
-                             == link.recipient_email.lower()),
-        **extra,
-    }
-
-
-def _otp_context(link, now, **extra):
-    ask = link.otp_request
-    signed_in = _signed_in()
-    pending = otp.access_status(ask, now).value == "pending"
-    return {
-        "link": link, "ask": ask, "status": otp.access_status(ask, now).value,
-        "seconds_left": otp_rules.seconds_until(ask.expires_at, now) if pending else 0,
-        "sign_in_required": decisions.is_sign_in_required(link),
-        "is_link_current": otp_requests.is_link_current(link),
-        "is_own_request": otp_requests.is_own(ask, signed_in, link.recipient_email),
         "signed_in": signed_in,
         "is_recipient": bool(signed_in and signed_in.email.lower()
                              == link.recipient_email.lower()),
