@@ -13,8 +13,12 @@ from flask import current_app
 
 
 def new_token() -> str:
-    """256 bits from the OS CSPRNG, URL-safe."""
-    return secrets.token_urlsafe(32)
+    """256 bits from the OS CSPRNG, URL-safe, never starting with "-": a token is passed to
+    commands as an argument (`tokens revoke TOKEN`), where a leading dash reads as an option."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def _key() -> bytes:
