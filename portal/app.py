@@ -73,15 +73,17 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 # The keys a deployment sets apart (design.md, "Configuration and commands"), each with
 # the file the demo keeps it in: rotating the secret key (sessions, CSRF) leaves the
 # token hashes, and so every API token and approval link, valid.
-KEYS = (("SECRET_KEY", "secret_key"), ("TOKEN_HASH_KEY", "token_hash_key"))
+KEYS = (("SECRET_KEY", "secret_key"), ("TOKEN_HASH_KEY", "token_hash_key"),
+        ("AUDIT_KEY", "audit_key"))
 MIN_KEY_BYTES = 32
 KEY_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
 def _configure_keys(app: Flask) -> None:
-    """PORTAL_SECRET_KEY and PORTAL_TOKEN_HASH_KEY, at least 32 bytes each, in production.
-    Tests pass them in; the demo keeps them in the instance folder (instance/secret_key,
-    instance/token_hash_key), which later commands reuse; tests and debug runs without
+    """PORTAL_SECRET_KEY, PORTAL_TOKEN_HASH_KEY and PORTAL_AUDIT_KEY, at least 32 bytes
+    each, in production. Tests pass them in; the demo keeps them in the instance folder
+    (instance/secret_key, instance/token_hash_key, instance/audit_key), which later
+    commands reuse; tests and debug runs without
     them get random ones."""
     production = not (app.testing or app.debug or app.config.get("DEMO"))
     for name, file_name in KEYS:

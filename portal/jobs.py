@@ -18,12 +18,14 @@ from sqlalchemy import text
 
 from portal import clock
 from portal.extensions import db
-from portal.services import decisions, otp, otp_requests
+from portal.domain.errors import AuditHeadMissingError
+from portal.services import audit, decisions, otp, otp_requests
 from portal.services import mail as outbox
 
 log = logging.getLogger("portal.jobs")
 
 EXPIRY_INTERVAL_SECONDS = 0.5
+AUDIT_SEAL_INTERVAL_SECONDS = 0.5
 OUTBOX_INTERVAL_SECONDS = 2
 ADVISORY_LOCK_KEY = 0x5E55_10A7  # "session gate" scheduler election
 
@@ -58,6 +60,35 @@ def expire_requests(app: Flask) -> list[int]:
     if ids:
         log.info("timed out %d request(s): %s", len(ids), ids)
     return ids
+
+
+def seal_audit_trail(now: datetime) -> int:
+    """Chain every committed, unsealed audit event, a batch per commit (a job boundary).
+    The number sealed. Needs an app context."""
+    total = 0
+    while True:
+        sealed = audit.seal_pending(now)
+        db.session.commit()
+        total += sealed
+        if sealed < audit.SEAL_BATCH:
+            return total
+
+
+_head_missing_reported = False
+
+
+def seal_audit(app: Flask) -> int:
+    def work(now: datetime) -> int:
+        global _head_missing_reported
+        try:
+            return seal_audit_trail(now)
+        except AuditHeadMissingError as exc:
+            if not _head_missing_reported:  # once per process, not twice a second
+                log.error("%s", exc.message)
+                _head_missing_reported = True
+            return 0
+
+    return _run(app, "audit sealing", work) or 0
 
 
 def deliver_outbox(now: datetime, limit: int = 50) -> outbox.DeliveryReport:
@@ -102,6 +133,8 @@ def build_scheduler(app: Flask, *, blocking: bool = False):
     now = datetime.now(timezone.utc)  # APScheduler's own timing runs on real time
     scheduler.add_job(expire_requests, "interval", args=[app], id="expire_requests",
                       seconds=EXPIRY_INTERVAL_SECONDS, next_run_time=now)
+    scheduler.add_job(seal_audit, "interval", args=[app], id="seal_audit",
+                      seconds=AUDIT_SEAL_INTERVAL_SECONDS, next_run_time=now)
     scheduler.add_job(deliver_mail, "interval", args=[app], id="deliver_mail",
                       seconds=OUTBOX_INTERVAL_SECONDS, next_run_time=now)
     return scheduler

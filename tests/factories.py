@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from portal.extensions import db
 from portal.services import accounts, departments, devices
 from portal.services.actors import CLI
+from portal.services.audit import seal_pending, verify_audit_chain
 
 PASSWORD = "correct horse battery"
 NOW = datetime(2026, 11, 22, 10, 15, 30, 123000, tzinfo=timezone.utc)
@@ -56,6 +57,7 @@ TEST_CONFIG = {
     "TESTING": True,
     "SECRET_KEY": "test-secret-key, as long as production asks",
     "TOKEN_HASH_KEY": "test-token-hash-key, apart from the secret",
+    "AUDIT_KEY": "test-audit-key, apart from both of the others",
     "WTF_CSRF_ENABLED": False,
     # Cheap hashes keep the suite fast; the production cost is tested on its own.
     "ARGON2_TIME_COST": 1,
@@ -63,6 +65,15 @@ TEST_CONFIG = {
     "ARGON2_PARALLELISM": 1,
     "BASE_URL": "http://portal.test",
 }
+
+
+def sealed_trail_check():
+    """Seal every committed event (what the scheduler's job does within a second), then
+    verify the whole chain: (events checked, first break or None)."""
+    while seal_pending(NOW):
+        db.session.commit()
+    db.session.commit()
+    return verify_audit_chain()
 
 
 class Factory:

@@ -1,6 +1,8 @@
 """The operator's commands (design.md, "Configuration and commands") and the demo data."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from factories import NOW, PASSWORD
 from sqlalchemy import func, select, text
@@ -9,6 +11,7 @@ from portal import demo
 from portal.extensions import db
 from portal.models import AuditEvent, Department, Device, DeviceGroup, Exclusion, Membership, User
 from portal.services import accounts, crypto, departments
+from portal.services.audit import seal_pending
 from portal.services.actors import CLI
 
 # --- departments -----------------------------------------------------------------------
@@ -277,28 +280,83 @@ def test_devices_rotate_token_revokes_the_old_and_prints_the_new_on_the_last_lin
 # --- audit verify ----------------------------------------------------------------------
 
 
+def seal() -> None:
+    seal_pending(NOW)
+    db.session.commit()
+
+
 def test_audit_verify_passes_on_an_intact_trail(runner, make):
     make.user("tech@example.com")  # a department, a user, a role: three events
+    unsealed = ok(runner, "audit", "verify")
+    assert "3 event(s) not yet sealed" in unsealed.output
+    assert "Audit trail intact: 0 events verified." in unsealed.output
+    seal()
     result = ok(runner, "audit", "verify")
     assert "Audit trail intact: 3 events verified." in result.output
+    assert "not yet sealed" not in result.output
 
 
 def test_audit_verify_fails_naming_the_edited_event(runner, make):
     make.user("tech@example.com")
+    seal()
     db.session.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2"))
     db.session.commit()
     result = invoke(runner, "audit", "verify")
     assert result.exit_code == 1
-    assert "Audit trail broken at event #2" in result.output
+    assert "Audit trail broken at event #2 (chain position 2): its contents do not match" \
+        in result.output
 
 
 def test_audit_verify_fails_when_the_last_event_is_deleted(runner, make):
     make.user("tech@example.com")
+    seal()
     db.session.execute(text("DELETE FROM audit_events WHERE seq = 3"))
     db.session.commit()
     result = invoke(runner, "audit", "verify")
     assert result.exit_code == 1
-    assert "event #3" in result.output
+    assert "the head names event #3 at position 3" in result.output
+
+
+def test_audit_verify_fails_when_the_head_is_deleted(runner, make):
+    make.user("tech@example.com")
+    seal()
+    db.session.execute(text("DELETE FROM audit_head"))
+    db.session.commit()
+    result = invoke(runner, "audit", "verify")
+    assert result.exit_code == 1
+    assert "the chain head is missing" in result.output
+
+
+def test_audit_checkpoint_seals_and_prints_one_line_that_verify_holds_the_chain_to(
+        runner, make):
+    make.user("tech@example.com")
+    printed = ok(runner, "audit", "checkpoint").output
+    assert len(printed.splitlines()) == 1
+    line = printed.strip()
+    assert re.fullmatch(r"session-gate-audit-checkpoint seq=3 position=3 hash=[0-9a-f]{64} "
+                        r"at=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line)
+    make.user("other@example.com")  # the trail grows: the checkpoint still holds
+    seal()
+    assert "it still holds the checkpoint's event #3" in ok(
+        runner, "audit", "verify", "--checkpoint", line).output
+
+    # Someone deletes the newest events and rewinds the head to what is left: a
+    # consistent chain by itself, but shorter than the checkpoint.
+    db.session.execute(text("DELETE FROM audit_events WHERE seq > 2"))
+    db.session.execute(text("UPDATE audit_head SET chain_index = 2, seq = 2, chain_hash = "
+                            "(SELECT chain_hash FROM audit_events WHERE seq = 2)"))
+    db.session.commit()
+    assert "Audit trail intact" in ok(runner, "audit", "verify").output
+    truncated = invoke(runner, "audit", "verify", "--checkpoint", line)
+    assert truncated.exit_code == 1
+    assert "truncated: the checkpoint names position 3, the chain now ends at position 2" \
+        in truncated.output
+
+
+def test_audit_verify_refuses_a_line_that_is_not_a_checkpoint(runner, make):
+    result = invoke(runner, "audit", "verify", "--checkpoint", "seq=3 hash=abc")
+    assert result.exit_code == 2
+    assert "not a line printed by `audit checkpoint`" in result.output
 
 
 # --- demo data -------------------------------------------------------------------------

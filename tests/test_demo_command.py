@@ -11,7 +11,8 @@ from portal.demo import DEMO_PASSWORD, demo_command
 
 def test_demo_seeds_prints_sign_ins_and_is_idempotent(tmp_path, monkeypatch):
     monkeypatch.setenv("PORTAL_INSTANCE_PATH", str(tmp_path))
-    for name in ("PORTAL_SECRET_KEY", "PORTAL_TOKEN_HASH_KEY", "PORTAL_SQLALCHEMY_DATABASE_URI",
+    for name in ("PORTAL_SECRET_KEY", "PORTAL_TOKEN_HASH_KEY", "PORTAL_AUDIT_KEY",
+                 "PORTAL_SQLALCHEMY_DATABASE_URI",
                  "PORTAL_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     runner = CliRunner()

@@ -67,6 +67,13 @@ class AlreadyDecidedError(ConflictError):
     code = "already_decided"
 
 
+class AuditHeadMissingError(ConflictError):
+    """Sealed audit events exist but the chain's head does not: sealing stops rather than
+    start a new head over a deleted one."""
+
+    code = "audit_head_missing"
+
+
 class ExpiredError(PortalError):
     code = "expired"
 

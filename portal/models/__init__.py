@@ -1,6 +1,6 @@
 """Typed SQLAlchemy models, one module per aggregate."""
 from portal.models.accounts import ApiToken, LoginSession, LoginThrottle, Membership, User
-from portal.models.audit import AuditChainHead, AuditEvent
+from portal.models.audit import AuditHead, AuditEvent
 from portal.models.departments import (
     Department,
     DepartmentSettings,
@@ -21,7 +21,7 @@ __all__ = [
     "OutboxMessage",
     "RemoteSession",
     "SessionRequest",
-    "AuditChainHead",
+    "AuditHead",
     "AuditEvent",
     "Department",
     "DepartmentSettings",

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, event
+from sqlalchemy import JSON, Identity, Index, Integer, String, event, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portal.extensions import db
@@ -12,14 +12,21 @@ from portal.models.types import UTCDateTime
 
 
 class AuditEvent(db.Model):
+    """Writers insert, with `seq` from the database and no shared lock; the sealing step
+    (services/audit.seal_pending) later writes the three chain columns once. Nothing
+    else ever changes a row."""
+
     __tablename__ = "audit_events"
     __table_args__ = (
         # A department's log, newest first, a page at a time; one request's story.
         Index("ix_audit_events_department_id_seq", "department_id", "seq"),
         Index("ix_audit_events_target", "target_type", "target_id"),
+        # What the sealer has left to do: a handful of rows, however long the trail.
+        Index("ix_audit_events_unsealed", "seq", sqlite_where=text("chain_index IS NULL"),
+              postgresql_where=text("chain_index IS NULL")),
     )
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     actor: Mapped[str] = mapped_column(String(300))
     # Plain ids, no foreign keys: deleting a user or department must never rewrite a row
@@ -32,19 +39,28 @@ class AuditEvent(db.Model):
     client_ip: Mapped[str] = mapped_column(String(45), default="")
     outcome: Mapped[str] = mapped_column(String(32))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Set once by the sealer: the event's place in the chain and its two HMACs.
+    chain_index: Mapped[int | None] = mapped_column(Integer, unique=True, nullable=True)
+    leaf_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    chain_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    @property
+    def is_sealed(self) -> bool:
+        return self.chain_index is not None
 
 
-class AuditChainHead(db.Model):
-    """A single row: the last sequence number and hash. Updating it first serialises
-    appenders on every backend (row lock on PostgreSQL, write lock on SQLite)."""
+class AuditHead(db.Model):
+    """One row, written by the sealer only (writers never touch it): the chain's last
+    position, that event's seq and its chain hash. The sealer's first statement updates it,
+    which makes two sealers take turns (row lock on PostgreSQL, write lock on SQLite)."""
 
-    __tablename__ = "audit_chain_head"
+    __tablename__ = "audit_head"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    last_seq: Mapped[int] = mapped_column(Integer, default=0)
-    last_hash: Mapped[str] = mapped_column(String(64))
+    chain_index: Mapped[int] = mapped_column(Integer, default=0)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    chain_hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 @event.listens_for(AuditEvent, "before_update")

@@ -1,22 +1,40 @@
-"""Appending to and verifying the hash-chained audit trail."""
+"""Appending to, sealing and verifying the audit trail.
+
+Writers only insert (record_event: no lock, no flush of its own; the unit of work's flush
+sends a request's events in one batch). The sealing step (seal_pending, a scheduler job)
+chains committed events in seq order under PORTAL_AUDIT_KEY; two sealers take turns on
+the head row, which nobody else touches. See portal/domain/audit.py for the hashing."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from flask import current_app
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from portal.domain.audit import GENESIS_HASH, ChainBreak, EventFields, chain_hash, scrub, verify_chain
+from portal.domain import audit as chain
+from portal.domain.audit import ChainBreak, Checkpoint, EventFields, Head, SealedEvent, scrub
+from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
-from portal.models import AuditChainHead, AuditEvent
+from portal.models import AuditEvent, AuditHead
 from portal.services.actors import Actor
 from portal.services.pages import Page, fetch_page
+
+SEAL_BATCH = 1000
+_events = AuditEvent.__table__
 
 
 def _one_line(value: str, limit: int = 300) -> str:
     """Control characters (newlines included) can't forge a second line in any view."""
     cleaned = "".join(ch if ch.isprintable() else " " for ch in value)
     return cleaned[:limit]
+
+
+def audit_key() -> bytes:
+    key = current_app.config["AUDIT_KEY"]
+    return key if isinstance(key, bytes) else str(key).encode()
 
 
 def record_event(
@@ -30,24 +48,12 @@ def record_event(
     outcome: str = "success",
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    session = db.session
-    # Lock the chain head first: one appender at a time, on PostgreSQL and SQLite alike.
-    locked = session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == 1)
-        .values(last_seq=AuditChainHead.last_seq + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if locked.rowcount == 0:
-        session.add(AuditChainHead(id=1, last_seq=1, last_hash=GENESIS_HASH))
-        session.flush()
-    head = session.execute(
-        select(AuditChainHead.last_seq, AuditChainHead.last_hash).where(AuditChainHead.id == 1)
-    ).one()
-    fields = EventFields(
-        seq=head.last_seq,
+    """Add an event to the session; it is inserted (seq from the database) with the
+    transaction's next flush, and sealed after commit."""
+    event = AuditEvent(
         occurred_at=now,
         actor=_one_line(actor.label),
+        actor_user_id=actor.user_id,
         action=action,
         target_type=target_type,
         target_id=_one_line(str(target_id), 64),
@@ -56,75 +62,139 @@ def record_event(
         outcome=outcome,
         details=scrub(details or {}),
     )
-    digest = chain_hash(head.last_hash, fields)
-    event = AuditEvent(
-        seq=fields.seq,
-        occurred_at=fields.occurred_at,
-        actor=fields.actor,
-        actor_user_id=actor.user_id,
-        action=fields.action,
-        target_type=fields.target_type,
-        target_id=fields.target_id,
-        department_id=fields.department_id,
-        client_ip=fields.client_ip,
-        outcome=fields.outcome,
-        details=fields.details,
-        prev_hash=head.last_hash,
-        hash=digest,
-    )
-    session.add(event)
-    session.execute(
-        update(AuditChainHead)
-        .where(AuditChainHead.id == 1)
-        .values(last_hash=digest)
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
+    db.session.add(event)
     return event
 
 
-def _fields(event: AuditEvent) -> EventFields:
+def _fields(row) -> EventFields:
     return EventFields(
-        seq=event.seq,
-        occurred_at=event.occurred_at,
-        actor=event.actor,
-        action=event.action,
-        target_type=event.target_type,
-        target_id=event.target_id,
-        department_id=event.department_id,
-        client_ip=event.client_ip,
-        outcome=event.outcome,
-        details=event.details,
+        seq=row.seq,
+        occurred_at=row.occurred_at,
+        actor=row.actor,
+        action=row.action,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        department_id=row.department_id,
+        client_ip=row.client_ip,
+        outcome=row.outcome,
+        details=row.details,
     )
 
 
+_CONTENT = (AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.actor, AuditEvent.action,
+            AuditEvent.target_type, AuditEvent.target_id, AuditEvent.department_id,
+            AuditEvent.client_ip, AuditEvent.outcome, AuditEvent.details)
+
+
+def _take_the_sealers_turn(now: datetime) -> AuditHead:
+    """Lock the head row with the transaction's first statement (a row lock on
+    PostgreSQL, the write lock on SQLite) and return it. A trail without a head starts
+    one, unless events were sealed already: then the head was deleted, which sealing
+    must not paper over (`audit verify` reports it)."""
+    session = db.session
+    touch = (update(AuditHead).where(AuditHead.id == 1)
+             .values(chain_index=AuditHead.chain_index)
+             .execution_options(synchronize_session=False))
+    if session.execute(touch).rowcount == 0:
+        if session.scalar(select(AuditEvent.seq).where(AuditEvent.chain_index.is_not(None))
+                          .limit(1)) is not None:
+            raise AuditHeadMissingError("The audit chain's head is missing; sealing stopped. "
+                                        "Run `flask --app portal audit verify`.")
+        session.execute(_insert_head_if_missing())
+        session.execute(touch)
+    return session.execute(select(AuditHead).where(AuditHead.id == 1)
+                           .execution_options(populate_existing=True)).scalar_one()
+
+
+def _insert_head_if_missing():
+    values = {"id": 1, "chain_index": 0, "seq": 0, "chain_hash": chain.GENESIS_HASH}
+    dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(AuditHead).values(**values).on_conflict_do_nothing()
+
+
+def seal_pending(now: datetime, limit: int = SEAL_BATCH) -> int:
+    """Chain up to `limit` committed, unsealed events in seq order after the head; the
+    number sealed. Idempotent, and safe with two sealers: they take turns on the head row,
+    and an event is only ever sealed from NULL."""
+    head = _take_the_sealers_turn(now)
+    rows = db.session.execute(
+        select(*_CONTENT).where(AuditEvent.chain_index.is_(None))
+        .order_by(AuditEvent.seq).limit(limit)).all()
+    if not rows:
+        return 0
+    seals = chain.seal(audit_key(), head.chain_index, head.chain_hash, map(_fields, rows))
+    db.session.execute(
+        _events.update()
+        .where(_events.c.seq == bindparam("s_seq"), _events.c.chain_index.is_(None))
+        .values(chain_index=bindparam("s_index"), leaf_hash=bindparam("s_leaf"),
+                chain_hash=bindparam("s_chain")),
+        [{"s_seq": s.seq, "s_index": s.chain_index, "s_leaf": s.leaf_hash,
+          "s_chain": s.chain_hash} for s in seals])
+    last = seals[-1]
+    head.chain_index, head.seq, head.chain_hash, head.sealed_at = (
+        last.chain_index, last.seq, last.chain_hash, now)
+    db.session.flush()
+    return len(seals)
+
+
+def read_head() -> Head | None:
+    row = db.session.execute(select(AuditHead.chain_index, AuditHead.seq, AuditHead.chain_hash)
+                             .where(AuditHead.id == 1)).first()
+    return Head(row.chain_index, row.seq, row.chain_hash) if row else None
+
+
+def _sealed(row) -> SealedEvent:
+    return SealedEvent(_fields(row), row.chain_index, row.leaf_hash, row.chain_hash)
+
+
+@dataclass(frozen=True)
+class Verification:
+    checked: int
+    broken: ChainBreak | None
+    unsealed: int
+    oldest_unsealed_at: datetime | None
+
+
+def verify_trail(batch_size: int = 1000, checkpoint: Checkpoint | None = None
+                 ) -> Verification:
+    """Every sealed event in chain order, then the head against the last one, then (given
+    one) the checkpoint against the event now at its position. Reads key-ordered batches."""
+    checker = chain.ChainChecker(audit_key())
+    columns = (*_CONTENT, AuditEvent.chain_index, AuditEvent.leaf_hash, AuditEvent.chain_hash)
+    after = 0
+    while checker.break_ is None:
+        batch = db.session.execute(
+            select(*columns).where(AuditEvent.chain_index > after)
+            .order_by(AuditEvent.chain_index).limit(batch_size)).all()
+        if not batch:
+            break
+        for row in batch:
+            if checker.add(_sealed(row)) is not None:
+                break
+        after = batch[-1].chain_index
+    head = read_head()
+    broken = checker.finish(head)
+    if broken is None and checkpoint is not None:
+        row = db.session.execute(select(*columns).where(
+            AuditEvent.chain_index == checkpoint.chain_index)).first()
+        broken = chain.check_against_checkpoint(checkpoint, _sealed(row) if row else None, head)
+    unsealed, oldest = db.session.execute(
+        select(func.count(), func.min(AuditEvent.occurred_at))
+        .where(AuditEvent.chain_index.is_(None))).one()
+    return Verification(checker.checked, broken, unsealed, oldest)
+
+
 def verify_audit_chain(batch_size: int = 1000) -> tuple[int, ChainBreak | None]:
-    """(events checked, first break or None), reading the trail in key-ordered batches."""
-    checked = 0
+    """(sealed events checked, first break or None)."""
+    result = verify_trail(batch_size)
+    return result.checked, result.broken
 
-    def rows():
-        nonlocal checked
-        after = 0
-        while True:
-            batch = db.session.scalars(
-                select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq)
-                .limit(batch_size)
-            ).all()
-            if not batch:
-                return
-            for event in batch:
-                checked += 1
-                yield _fields(event), event.prev_hash, event.hash
-            after = batch[-1].seq
-            for event in batch:  # only what we loaded: the caller's objects stay attached
-                db.session.expunge(event)
 
-    found = verify_chain(rows())
-    if found is None:
-        head = db.session.get(AuditChainHead, 1)
-        if head is not None and head.last_seq != checked:
-            found = ChainBreak(checked + 1, f"chain head says {head.last_seq} events, found {checked}")
-    return checked, found
+def current_checkpoint(now: datetime) -> Checkpoint:
+    head = read_head() or Head(0, 0, chain.GENESIS_HASH)
+    at = db.session.scalar(select(AuditHead.sealed_at).where(AuditHead.id == 1)) or now
+    return Checkpoint(head.seq, head.chain_index, head.hash,
+                      at.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
 
 def list_events(*, department_id: int, before: int | None, limit: int,

@@ -1,21 +1,34 @@
-"""The audit trail's hash chain (portal/domain/audit.py): an intact chain verifies; any
-edit, broken link, gap or reordering is reported at the event where it shows."""
+"""The audit trail's proof (portal/domain/audit.py): keyed leaf and chain hashes, the head
+and checkpoints. An intact chain verifies; any edit, deletion, reordering or rewound head
+is reported where it shows; without the key nobody can make a hash that fits."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from portal.domain.audit import (
     GENESIS_HASH,
+    ChainChecker,
+    Checkpoint,
     EventFields,
+    Head,
+    SealedEvent,
+    canonical,
     chain_hash,
+    check_against_checkpoint,
+    leaf_hash,
+    parse_checkpoint,
     scrub,
-    verify_chain,
+    seal,
 )
 
 T0 = datetime(2026, 11, 22, 10, 15, 30, 123000, tzinfo=timezone.utc)
+KEY = b"k" * 32
+OTHER_KEY = b"x" * 32
 
 
 def fields(seq: int) -> EventFields:
@@ -33,42 +46,73 @@ def fields(seq: int) -> EventFields:
     )
 
 
-def build_chain(n: int = 5) -> list[tuple[EventFields, str, str]]:
-    chain, prev = [], GENESIS_HASH
-    for seq in range(1, n + 1):
-        f = fields(seq)
-        digest = chain_hash(prev, f)
-        chain.append((f, prev, digest))
-        prev = digest
-    return chain
+def build_chain(n: int = 5, seqs=None, key: bytes = KEY) -> list[SealedEvent]:
+    events = [fields(seq) for seq in (seqs or range(1, n + 1))]
+    seals = seal(key, 0, GENESIS_HASH, events)
+    return [SealedEvent(f, s.chain_index, s.leaf_hash, s.chain_hash)
+            for f, s in zip(events, seals)]
+
+
+def head_of(chain: list[SealedEvent]) -> Head:
+    last = chain[-1]
+    return Head(last.chain_index, last.fields.seq, last.chain_hash)
+
+
+def check(chain, head="auto", key: bytes = KEY):
+    checker = ChainChecker(key)
+    for event in chain:
+        if checker.add(event) is not None:
+            break
+    return checker.finish(head_of(chain) if head == "auto" and chain else
+                          (None if head == "auto" else head))
 
 
 def test_intact_chain_verifies():
-    assert verify_chain(build_chain()) is None
+    assert check(build_chain()) is None
 
 
-def test_empty_chain_verifies():
-    assert verify_chain([]) is None
+def test_empty_chain_verifies_with_or_without_a_head():
+    assert check([], head=None) is None
+    assert check([], head=Head(0, 0, GENESIS_HASH)) is None
 
 
-def test_chain_starts_from_the_genesis_hash():
-    chain = build_chain(1)
-    assert chain[0][1] == GENESIS_HASH == "0" * 64
+def test_positions_follow_seq_order_and_may_skip_seqs():
+    # seq comes from the database: a rolled-back transaction leaves a gap, which the chain
+    # (positions 1, 2, 3...) doesn't mind.
+    chain = build_chain(seqs=[1, 2, 5, 9])
+    assert [e.chain_index for e in chain] == [1, 2, 3, 4]
+    assert check(chain) is None
 
 
-def test_hash_is_a_sha256_hex_digest_and_deterministic():
-    digest = chain_hash(GENESIS_HASH, fields(1))
-    assert len(digest) == 64 and int(digest, 16) >= 0
-    assert digest == chain_hash(GENESIS_HASH, fields(1))
+def test_sealing_continues_after_the_head():
+    first = build_chain(3)
+    more = [fields(seq) for seq in (4, 5)]
+    seals = seal(KEY, first[-1].chain_index, first[-1].chain_hash, more)
+    chain = first + [SealedEvent(f, s.chain_index, s.leaf_hash, s.chain_hash)
+                     for f, s in zip(more, seals)]
+    assert chain == build_chain(5)
 
 
-def test_hash_depends_on_the_previous_hash():
-    assert chain_hash(GENESIS_HASH, fields(1)) != chain_hash("1" * 64, fields(1))
+def test_hashes_are_rfc6962_style_hmacs_under_the_key():
+    f = fields(1)
+    leaf = leaf_hash(KEY, f)
+    assert leaf == hmac.new(KEY, b"\x00" + canonical(f).encode(), hashlib.sha256).hexdigest()
+    assert chain_hash(KEY, GENESIS_HASH, leaf) == hmac.new(
+        KEY, b"\x01" + bytes(32) + bytes.fromhex(leaf), hashlib.sha256).hexdigest()
+    # a plain SHA-256 (what anyone with database access could compute) is not it
+    assert leaf != hashlib.sha256(b"\x00" + canonical(f).encode()).hexdigest()
+
+
+def test_without_the_key_a_recomputed_chain_does_not_verify():
+    forged = build_chain(key=OTHER_KEY)
+    broken = check(forged)
+    assert (broken.seq, broken.chain_index) == (1, 1)
+    assert "contents do not match" in broken.reason
 
 
 # A changed value for every field of an event.
 TAMPERED = {
-    "seq": None,  # handled by its own test (it breaks the sequence check first)
+    "seq": 42,
     "occurred_at": T0 + timedelta(days=1),
     "actor": "mallory@example.com",
     "action": "settings.viewed",
@@ -85,91 +129,142 @@ def test_every_event_field_is_covered():
     assert set(TAMPERED) == {f.name for f in dataclasses.fields(EventFields)}
 
 
-@pytest.mark.parametrize("name", [n for n in TAMPERED if n != "seq"])
-@pytest.mark.parametrize("position", [0, 2, 4])
-def test_changing_any_field_reports_that_event(name, position):
+@pytest.mark.parametrize("name", list(TAMPERED))
+@pytest.mark.parametrize("position", [0, 2, 4])  # first, middle, last
+def test_changing_any_field_of_any_event_reports_that_event(name, position):
     chain = build_chain()
-    f, prev, digest = chain[position]
-    chain[position] = (dataclasses.replace(f, **{name: TAMPERED[name]}), prev, digest)
-    broken = verify_chain(chain)
-    assert broken is not None
-    assert broken.seq == position + 1
-    assert broken.reason == "contents do not match the stored hash"
+    event = chain[position]
+    chain[position] = dataclasses.replace(
+        event, fields=dataclasses.replace(event.fields, **{name: TAMPERED[name]}))
+    broken = check(chain, head=head_of(build_chain()))
+    assert broken.chain_index == position + 1
+    assert "edited" in broken.reason
 
 
-def test_changing_the_stored_hash_breaks_that_event():
+@pytest.mark.parametrize("column", ["leaf_hash", "chain_hash"])
+@pytest.mark.parametrize("position", [0, 4])
+def test_changing_a_stored_hash_breaks_that_event(column, position):
     chain = build_chain()
-    f, prev, _digest = chain[2]
-    chain[2] = (f, prev, "f" * 64)
-    broken = verify_chain(chain)
-    assert broken.seq == 3
-
-
-def test_recomputing_one_hash_after_an_edit_breaks_the_next_link():
-    chain = build_chain()
-    f, prev, _ = chain[1]
-    edited = dataclasses.replace(f, actor="mallory@example.com")
-    chain[1] = (edited, prev, chain_hash(prev, edited))
-    broken = verify_chain(chain)
-    assert broken.seq == 3
-    assert broken.reason == "previous-hash link does not match the event before"
-
-
-def test_changing_the_prev_link_reports_that_event():
-    chain = build_chain()
-    f, _prev, digest = chain[3]
-    chain[3] = (f, "a" * 64, digest)
-    broken = verify_chain(chain)
-    assert broken.seq == 4
-    assert broken.reason == "previous-hash link does not match the event before"
-
-
-def test_first_event_must_link_to_genesis():
-    chain = build_chain()
-    f, _prev, _ = chain[0]
-    chain[0] = (f, "a" * 64, chain_hash("a" * 64, f))
-    assert verify_chain(chain).seq == 1
+    chain[position] = dataclasses.replace(chain[position], **{column: "f" * 64})
+    broken = check(chain, head=head_of(build_chain()))
+    assert broken.chain_index == position + 1
 
 
 def test_a_missing_event_is_reported_where_the_gap_shows():
     chain = build_chain()
-    del chain[2]  # event #3
-    broken = verify_chain(chain)
-    assert broken.seq == 4
-    assert broken.reason == "expected event #3, found #4"
+    del chain[2]  # position 3
+    broken = check(chain)
+    assert (broken.seq, broken.chain_index) == (4, 4)
+    assert "skips position 3" in broken.reason
 
 
 def test_a_missing_first_event_is_reported():
-    broken = verify_chain(build_chain()[1:])
-    assert broken.seq == 2
-    assert broken.reason == "expected event #1, found #2"
+    broken = check(build_chain()[1:])
+    assert broken.chain_index == 2 and "skips position 1" in broken.reason
 
 
-def test_reordered_events_are_reported():
+def test_swapping_two_events_positions_is_reported():
     chain = build_chain()
-    chain[1], chain[2] = chain[2], chain[1]
-    broken = verify_chain(chain)
-    assert broken.seq == 3
-    assert broken.reason == "expected event #2, found #3"
+    a, b = chain[1], chain[2]
+    chain[1] = dataclasses.replace(b, chain_index=2)
+    chain[2] = dataclasses.replace(a, chain_index=3)
+    broken = check(chain, head=head_of(build_chain()))
+    assert broken.chain_index == 2
 
 
-def test_renumbered_event_is_reported():
+def test_reordering_contents_between_two_events_is_reported():
     chain = build_chain()
-    f, prev, digest = chain[1]
-    chain[1] = (dataclasses.replace(f, seq=9), prev, digest)
-    assert verify_chain(chain).seq == 9
+    a, b = chain[1], chain[2]
+    chain[1] = dataclasses.replace(a, fields=b.fields)
+    chain[2] = dataclasses.replace(b, fields=a.fields)
+    assert check(chain, head=head_of(build_chain())).chain_index == 2
 
 
 def test_only_the_first_break_is_reported():
     chain = build_chain()
     for position in (1, 3):
-        f, prev, digest = chain[position]
-        chain[position] = (dataclasses.replace(f, outcome="failure"), prev, digest)
-    assert verify_chain(chain).seq == 2
+        event = chain[position]
+        chain[position] = dataclasses.replace(
+            event, fields=dataclasses.replace(event.fields, outcome="failure"))
+    assert check(chain).chain_index == 2
 
 
-def test_verify_accepts_a_generator():
-    assert verify_chain(iter(build_chain(50))) is None
+# --- the head --------------------------------------------------------------------------
+
+
+def test_deleting_the_last_event_is_found_by_the_head():
+    chain = build_chain()
+    head = head_of(chain)
+    broken = check(chain[:-1], head=head)
+    assert broken.seq is None and broken.chain_index == 5
+    assert "the chain ends with event #4 at position 4" in broken.reason
+
+
+def test_a_missing_head_is_a_break():
+    broken = check(build_chain(), head=None)
+    assert broken.reason == "the chain head is missing"
+    assert broken.describe() == "the chain head: the chain head is missing"
+
+
+def test_a_head_with_the_right_position_but_another_hash_is_a_break():
+    chain = build_chain()
+    head = dataclasses.replace(head_of(chain), hash="0" * 64)
+    assert "hash does not match" in check(chain, head=head).reason
+
+
+def test_a_head_naming_sealed_events_over_an_empty_chain_is_a_break():
+    assert "none found" in check([], head=Head(3, 3, "a" * 64)).reason
+
+
+def test_a_truncation_that_rewinds_the_head_passes_without_a_checkpoint():
+    # What the checkpoint is for: a consistent shorter chain proves nothing by itself.
+    chain = build_chain()[:3]
+    assert check(chain) is None
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+def test_checkpoint_line_round_trips():
+    point = Checkpoint(seq=9, chain_index=5, hash="ab" * 32, at="2026-12-01T11:00:00.000Z")
+    line = point.line()
+    assert "\n" not in line and line.startswith("session-gate-audit-checkpoint ")
+    assert parse_checkpoint(line) == point
+    assert parse_checkpoint("  " + line + "\n") == point
+
+
+@pytest.mark.parametrize("line", ["", "hello", "session-gate-audit-checkpoint seq=1",
+                                  "session-gate-audit-checkpoint seq=1 position=1 hash=zz "
+                                  "at=2026-12-01T11:00:00.000Z"])
+def test_a_line_that_is_not_a_checkpoint_is_refused(line):
+    assert parse_checkpoint(line) is None
+
+
+def checkpoint_at(chain, position: int) -> Checkpoint:
+    event = chain[position - 1]
+    return Checkpoint(event.fields.seq, position, event.chain_hash, "2026-12-01T11:00:00.000Z")
+
+
+def test_a_chain_that_grew_since_the_checkpoint_holds_it():
+    chain = build_chain(8)
+    point = checkpoint_at(build_chain(8), 5)
+    assert check_against_checkpoint(point, chain[4], head_of(chain)) is None
+
+
+def test_truncation_below_the_checkpoint_is_found():
+    chain = build_chain(8)
+    point = checkpoint_at(chain, 8)
+    shorter = chain[:6]
+    broken = check_against_checkpoint(point, None, head_of(shorter))
+    assert broken.reason.startswith("truncated: the checkpoint names position 8, the chain "
+                                    "now ends at position 6")
+
+
+def test_a_rewrite_since_the_checkpoint_is_found():
+    point = checkpoint_at(build_chain(6), 6)
+    rewritten = build_chain(seqs=[1, 2, 3, 4, 5, 7])  # event 6 replaced by another
+    broken = check_against_checkpoint(point, rewritten[5], head_of(rewritten))
+    assert "rewritten since the checkpoint" in broken.reason
 
 
 # --- scrub -----------------------------------------------------------------------------

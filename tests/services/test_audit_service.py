@@ -1,8 +1,9 @@
-"""The audit trail as stored: hash-chained, append-only, hand edits detected, no forged
-lines and no secrets."""
+"""The audit trail as stored: appended without a shared lock, sealed later in seq order,
+append-only, hand edits detected, no forged lines and no secrets."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 
 import pytest
@@ -10,21 +11,36 @@ from factories import NOW
 from sqlalchemy import select, text
 
 from portal.domain.audit import GENESIS_HASH
+from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
-from portal.models import AuditChainHead, AuditEvent
+from portal.models import AuditEvent, AuditHead
 from portal.services.actors import Actor
-from portal.services.audit import record_event, verify_audit_chain
+from portal.services.audit import (
+    current_checkpoint,
+    record_event,
+    seal_pending,
+    verify_audit_chain,
+    verify_trail,
+)
 
 ALICE = Actor(label="alice@example.com", client_ip="192.0.2.1")
 
 
-def record(n: int, actor: Actor = ALICE) -> None:
+def record(n: int, actor: Actor = ALICE, seal: bool = True) -> None:
     for i in range(n):
         record_event(actor=actor, action="settings.changed", target_type="department",
                      target_id=1, now=NOW + timedelta(seconds=i),
                      details={"field": "confirmation_timeout_seconds", "old": 60 + i,
                               "new": 61 + i})
     db.session.commit()
+    if seal:
+        seal_all()
+
+
+def seal_all() -> int:
+    sealed = seal_pending(NOW)
+    db.session.commit()
+    return sealed
 
 
 def stored() -> list[AuditEvent]:
@@ -39,17 +55,139 @@ def tamper(sql: str, **params) -> None:
     db.session.expire_all()
 
 
-def test_events_are_chained_in_order(app):
-    record(5)
+def is_postgresql() -> bool:
+    return db.engine.dialect.name == "postgresql"
+
+
+def test_events_get_seq_from_the_database_and_are_sealed_in_order(app):
+    record(5, seal=False)
     events = stored()
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
-    assert events[0].prev_hash == GENESIS_HASH
-    for before, after in zip(events, events[1:]):
-        assert after.prev_hash == before.hash
-    assert len({e.hash for e in events}) == 5
-    head = db.session.get(AuditChainHead, 1)
-    assert (head.last_seq, head.last_hash) == (5, events[-1].hash)
+    assert [e.is_sealed for e in events] == [False] * 5
+    assert db.session.get(AuditHead, 1) is None  # writers never touch the head
+    assert seal_all() == 5
+    events = stored()
+    assert [e.chain_index for e in events] == [1, 2, 3, 4, 5]
+    assert len({e.chain_hash for e in events} | {e.leaf_hash for e in events}) == 10
+    head = db.session.get(AuditHead, 1)
+    assert (head.chain_index, head.seq, head.chain_hash) == (5, 5, events[-1].chain_hash)
+    assert head.sealed_at == NOW
     assert verify_audit_chain() == (5, None)
+
+
+def test_sealing_again_changes_nothing(app):
+    record(3)
+    before = [(e.chain_index, e.chain_hash) for e in stored()]
+    assert seal_all() == 0
+    assert [(e.chain_index, e.chain_hash) for e in stored()] == before
+
+
+def test_sealing_continues_the_chain(app):
+    record(2)
+    record(2)
+    assert [e.chain_index for e in stored()] == [1, 2, 3, 4]
+    assert verify_audit_chain() == (4, None)
+
+
+def test_sealing_goes_in_batches(app):
+    record(7, seal=False)
+    assert seal_pending(NOW, limit=3) == 3
+    assert seal_pending(NOW, limit=3) == 3
+    assert seal_pending(NOW, limit=3) == 1
+    db.session.commit()
+    assert verify_audit_chain(batch_size=2) == (7, None)
+
+
+def test_the_hashes_are_keyed_by_the_audit_key(app):
+    record(3)
+    app.config["AUDIT_KEY"] = "another key, as a database writer would guess it"
+    checked, broken = verify_audit_chain()
+    assert (checked, broken.seq) == (0, 1)
+
+
+def test_unsealed_events_are_counted_and_not_a_break(app):
+    record(2)
+    record(3, seal=False)
+    result = verify_trail()
+    assert (result.checked, result.broken, result.unsealed) == (2, None, 3)
+    assert result.oldest_unsealed_at == NOW
+
+
+def insert_uncommitted_event(connection) -> None:
+    """Another writer's event, inserted in a transaction it keeps open."""
+    connection.execute(text(
+        "INSERT INTO audit_events (occurred_at, actor, action, target_type, target_id, "
+        "client_ip, outcome, details) VALUES (:t, 'other', 'x', 'device', '1', '', "
+        "'success', '{}')"), {"t": NOW})
+
+
+def test_an_event_committed_late_with_a_lower_seq_is_sealed_after_the_others(app):
+    """seq comes from the database when the row is inserted; commit order may differ."""
+    if not is_postgresql():
+        pytest.skip("PostgreSQL: SQLite writers never overlap")
+    slow = db.engine.connect()
+    insert_uncommitted_event(slow)
+    record(2)  # seq 2 and 3 committed and sealed while seq 1 is still open
+    slow.commit()
+    slow.close()
+    seal_all()
+    events = stored()
+    assert [(e.seq, e.chain_index) for e in events] == [(1, 3), (2, 1), (3, 2)]
+    assert verify_audit_chain() == (3, None)
+
+
+def test_appending_waits_for_no_other_writer(app):
+    """No shared row lock: a transaction holding an uncommitted event doesn't hold up the
+    next writer (the old chain head made every write wait for every other)."""
+    if not is_postgresql():
+        pytest.skip("PostgreSQL: SQLite has one writer at a time by design")
+    holder = db.engine.connect()
+    insert_uncommitted_event(holder)
+    try:
+        done = threading.Event()
+
+        def writer():
+            with app.app_context():
+                db.session.execute(text("SET lock_timeout = '2s'"))
+                record(1, seal=False)
+                done.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join(10)
+        assert done.is_set()
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_two_sealers_at_once_seal_each_event_once(app):
+    if not is_postgresql():
+        pytest.skip("PostgreSQL: real concurrent sealers")
+    record(200, seal=False)
+    barrier = threading.Barrier(4)
+    counts = []
+
+    def sealer():
+        with app.app_context():
+            barrier.wait()
+            total = 0
+            while True:
+                sealed = seal_pending(NOW, limit=25)
+                db.session.commit()
+                total += sealed
+                if not sealed:
+                    break
+            counts.append(total)
+
+    threads = [threading.Thread(target=sealer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(counts) == 200
+    assert sorted(e.chain_index for e in stored()) == list(range(1, 201))
+    assert verify_audit_chain() == (200, None)
 
 
 def test_recorded_event_keeps_what_happened(app):
@@ -67,35 +205,36 @@ def test_recorded_event_keeps_what_happened(app):
 
 def test_empty_trail_verifies(app):
     assert verify_audit_chain() == (0, None)
+    assert seal_all() == 0
+    assert verify_audit_chain() == (0, None)
+    assert db.session.get(AuditHead, 1).chain_hash == GENESIS_HASH
 
 
-def test_verify_reads_in_batches(app):
-    record(7)
-    assert verify_audit_chain(batch_size=3) == (7, None)
+# --- hand edits ------------------------------------------------------------------------
 
 
 def test_hand_edit_of_actor_is_reported_at_that_event(app):
     record(4)
     tamper("UPDATE audit_events SET actor = 'mallory@example.com' WHERE seq = 2")
     checked, broken = verify_audit_chain()
-    assert broken.seq == 2
-    assert broken.reason == "contents do not match the stored hash"
+    assert (checked, broken.seq) == (1, 2)
+    assert "edited" in broken.reason
 
 
-@pytest.mark.parametrize("sql", [
-    "UPDATE audit_events SET outcome = 'failure' WHERE seq = 3",
-    "UPDATE audit_events SET action = 'settings.viewed' WHERE seq = 3",
-    "UPDATE audit_events SET target_id = '99' WHERE seq = 3",
-    "UPDATE audit_events SET client_ip = '203.0.113.9' WHERE seq = 3",
-    "UPDATE audit_events SET details = '{\"field\": \"x\", \"old\": 1, \"new\": 2}' "
-    "WHERE seq = 3",
-    "UPDATE audit_events SET hash = 'ff' WHERE seq = 3",
-    "UPDATE audit_events SET prev_hash = 'ff' WHERE seq = 3",
+@pytest.mark.parametrize("seq", [1, 3, 5])  # first, middle, last
+@pytest.mark.parametrize("assignment", [
+    "outcome = 'failure'",
+    "action = 'settings.viewed'",
+    "target_id = '99'",
+    "client_ip = '203.0.113.9'",
+    "details = '{\"field\": \"x\", \"old\": 1, \"new\": 2}'",
+    "leaf_hash = 'ff'",
+    "chain_hash = 'ff'",
 ])
-def test_any_hand_edit_is_reported_at_that_event(app, sql):
+def test_any_hand_edit_of_any_event_is_reported_at_that_event(app, assignment, seq):
     record(5)
-    tamper(sql)
-    assert verify_audit_chain(batch_size=2)[1].seq == 3
+    tamper(f"UPDATE audit_events SET {assignment} WHERE seq = {seq}")
+    assert verify_audit_chain(batch_size=2)[1].seq == seq
 
 
 def test_hand_edit_of_the_time_is_reported(app):
@@ -110,22 +249,55 @@ def test_deleting_the_last_event_by_hand_is_detected(app):
     record(4)
     tamper("DELETE FROM audit_events WHERE seq = 4")
     checked, broken = verify_audit_chain()
-    assert checked == 3
-    assert broken.seq == 4
-    assert "chain head says 4 events, found 3" in broken.reason
+    assert checked == 3 and broken.seq is None
+    assert "the head names event #4 at position 4" in broken.reason
+
+
+def test_deleting_the_last_events_and_rewinding_the_head_is_found_by_a_checkpoint(app):
+    record(5)
+    point = current_checkpoint(NOW)
+    three = stored()[2]
+    tamper("DELETE FROM audit_events WHERE seq > 3")
+    tamper("UPDATE audit_head SET chain_index = 3, seq = 3, chain_hash = :h",
+           h=three.chain_hash)
+    assert verify_audit_chain() == (3, None)  # consistent by itself: what checkpoints are for
+    broken = verify_trail(checkpoint=point).broken
+    assert broken.reason.startswith("truncated: the checkpoint names position 5")
 
 
 def test_deleting_a_middle_event_by_hand_is_detected(app):
     record(4)
     tamper("DELETE FROM audit_events WHERE seq = 2")
+    broken = verify_audit_chain()[1]
+    assert broken.seq == 3 and "skips position 2" in broken.reason
+
+
+def test_reordering_two_events_by_hand_is_detected(app):
+    record(4)
+    tamper("UPDATE audit_events SET chain_index = -1 WHERE seq = 2")
+    tamper("UPDATE audit_events SET chain_index = 2 WHERE seq = 3")
+    tamper("UPDATE audit_events SET chain_index = 3 WHERE seq = 2")
+    assert verify_audit_chain()[1].chain_index == 2
+
+
+def test_deleting_the_head_is_detected_and_sealing_stops(app):
+    record(3)
+    tamper("DELETE FROM audit_head")
+    assert verify_audit_chain()[1].reason == "the chain head is missing"
+    record(1, seal=False)
+    with pytest.raises(AuditHeadMissingError):
+        seal_pending(NOW)
+    db.session.rollback()
+    assert db.session.get(AuditHead, 1) is None  # not papered over with a new head
+    assert verify_audit_chain()[1].reason == "the chain head is missing"
+
+
+def test_a_forged_event_without_the_key_is_detected(app):
+    record(3)
+    tamper("UPDATE audit_events SET actor = 'mallory', leaf_hash = :leaf, chain_hash = :chain "
+           "WHERE seq = 3", leaf="a" * 64, chain="b" * 64)
+    tamper("UPDATE audit_head SET chain_hash = :chain", chain="b" * 64)
     assert verify_audit_chain()[1].seq == 3
-
-
-def test_recording_continues_the_chain_after_a_verify(app):
-    record(2)
-    assert verify_audit_chain() == (2, None)
-    record(1)
-    assert verify_audit_chain() == (3, None)
 
 
 def test_orm_refuses_to_update_an_event(app):
@@ -160,6 +332,7 @@ def test_control_characters_cannot_forge_a_second_line(app, evil):
     record_event(actor=Actor(label=evil, client_ip="192.0.2.1\nx"), action="auth.sign_in",
                  target_type="user", target_id=evil, now=NOW, outcome="failure")
     db.session.commit()
+    seal_all()
     (event,) = stored()
     for value in (event.actor, event.target_id, event.client_ip):
         assert len(value.splitlines()) == 1
@@ -174,6 +347,7 @@ def test_long_values_are_cut_to_fit(app):
     record_event(actor=Actor(label="a" * 1000, client_ip="1" * 100), action="auth.sign_in",
                  target_type="user", target_id="t" * 1000, now=NOW, outcome="failure")
     db.session.commit()
+    seal_all()
     (event,) = stored()
     assert (len(event.actor), len(event.target_id), len(event.client_ip)) == (300, 64, 45)
     assert verify_audit_chain() == (1, None)
@@ -185,6 +359,7 @@ def test_secrets_in_details_never_reach_the_trail(app):
                           "nested": {"token": "tok-123", "Secret": "s-456"},
                           "attempts": [{"code": "000111"}]})
     db.session.commit()
+    seal_all()
     (event,) = stored()
     assert event.details == {"username": "bob", "nested": {}, "attempts": [{}]}
     dumped = json.dumps(event.details)

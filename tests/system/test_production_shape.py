@@ -60,6 +60,7 @@ def env(app):
         **os.environ,
         "PORTAL_SECRET_KEY": app.config["SECRET_KEY"],
         "PORTAL_TOKEN_HASH_KEY": app.config["TOKEN_HASH_KEY"],  # token hashes are keyed by it
+        "PORTAL_AUDIT_KEY": app.config["AUDIT_KEY"],
         "PORTAL_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
         "PORTAL_ARGON2_TIME_COST": "1",
         "PORTAL_ARGON2_MEMORY_COST_KIB": "8",

@@ -73,3 +73,16 @@ def test_pages_by_key(client, auth, make, app):
             url = page[start:page.index('"', start)].replace("&amp;", "&")
     assert sorted(seen) == list(range(12))
     assert len(seen) == 12  # each group's event on exactly one page
+
+
+def test_an_event_shows_at_once_marked_not_yet_sealed_until_the_sealing_job_runs(
+        client, auth, make, app):
+    from portal import jobs
+
+    qa, _ = _setup(make)
+    auth.login("auditor@example.com")
+    page = client.get(f"/departments/{qa.id}/audit").get_data(as_text=True)
+    assert "device.created" in page and "not yet sealed" in page
+    assert jobs.seal_audit(app) > 0  # the scheduler's job: its own context and commit
+    page = client.get(f"/departments/{qa.id}/audit").get_data(as_text=True)
+    assert "device.created" in page and "not yet sealed" not in page
