@@ -40,8 +40,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
+
+from bench_wrk import Result, Target, run_wrk, write_lua
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -66,100 +67,6 @@ TITLES = {"bare": "bare Flask endpoint (`GET /hello`)",
           "approval": "`GET /approvals/<token>`",
           "prompts": "`GET /api/v1/agent/prompts`"}
 PATHS = ("create", "approval", "prompts")
-REPORT_PREFIX = "BENCH-RESULT "
-# wrk's Lua: `request` builds each request (the create path cycles through the devices,
-# each wrk thread from its own offset); `done` prints the figures on one line.
-LUA = '''\
-local method, path = "%(method)s", "%(path)s"
-local headers = %(headers)s
-local bodies = %(bodies)s
-local threads = {}
-local counter = 0
-
-function setup(thread)
-  thread:set("offset", #threads)
-  table.insert(threads, thread)
-end
-
-function init(args)
-  counter = tonumber(offset) or 0
-end
-
-function request()
-  local body = nil
-  if #bodies > 0 then
-    body = bodies[(counter %% #bodies) + 1]
-    counter = counter + %(threads)d
-  end
-  return wrk.format(method, path, headers, body)
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("%(prefix)s%%d %%d %%d %%d %%d %%d %%d %%d %%d\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(95),
-    e.status, e.connect, e.read, e.write, e.timeout))
-end
-'''
-
-
-@dataclass
-class Target:
-    name: str
-    method: str
-    path: str
-    headers: dict
-    bodies: list
-    cleanup: str | None = None  # a request id to cancel afterwards
-
-
-@dataclass
-class Result:
-    requests_per_second: float
-    p50_ms: float
-    p95_ms: float
-    requests: int
-    errors: str  # "" or what went wrong (non-2xx/3xx answers, socket errors)
-    statements: float | None = None
-
-
-def lua_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid Lua string for what we send
-
-
-def write_lua(work: Path, target: Target, label: str | None, threads: int) -> Path:
-    headers = dict(target.headers)
-    if label:
-        headers["X-Bench-Path"] = label
-    script = LUA % {
-        "method": target.method, "path": target.path, "threads": threads,
-        "headers": "{" + ", ".join(f"[{lua_string(k)}] = {lua_string(v)}"
-                                   for k, v in headers.items()) + "}",
-        "bodies": "{" + ", ".join(lua_string(b) for b in target.bodies) + "}",
-        "prefix": REPORT_PREFIX}
-    path = work / f"{target.name}-{'measure' if label else 'warmup'}.lua"
-    path.write_text(script)
-    return path
-
-
-def run_wrk(port: int, script: Path, seconds: int, args) -> Result:
-    out = subprocess.run(
-        ["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections),
-         "-d", f"{seconds}s", "--timeout", "10s", "-s", str(script),
-         f"http://127.0.0.1:{port}/"], capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"wrk failed ({out.returncode}):\n{out.stdout}{out.stderr}")
-    out = out.stdout
-    line = next(l for l in out.splitlines() if l.startswith(REPORT_PREFIX))
-    requests, duration_us, p50, p95, status, connect, read, write, timeout = map(
-        int, line.removeprefix(REPORT_PREFIX).split())
-    problems = []
-    if status:
-        problems.append(f"{status} non-2xx/3xx answers")
-    sockets = {"connect": connect, "read": read, "write": write, "timeout": timeout}
-    problems += [f"{n} {kind} errors" for kind, n in sockets.items() if n]
-    return Result(requests * 1e6 / duration_us, p50 / 1000, p95 / 1000, requests,
-                  ", ".join(problems))
 
 
 # --- database and data ---------------------------------------------------------------
@@ -311,26 +218,30 @@ class Server:
 
 
 def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str) -> dict:
+    """Each path's Result by name; the bare endpoint is measured first and again last
+    ("bare-after"), so a drift in the machine's load shows."""
     bare = Server("bare:app", work, env, work, args, worker_class)
     portal = Server("portal.wsgi:app", ROOT, env, work, args, worker_class)
     results: dict[str, Result] = {}
     try:
-        for name in ("bare", *args.paths):
+        for key in ("bare", *args.paths, "bare-after"):
+            name = key.removesuffix("-after")
             server = bare if name == "bare" else portal
             target = target_for(name, server.port, seed, env)
             run_wrk(server.port, write_lua(work, target, None, args.wrk_threads),
                     args.warmup, args)
-            results[name] = run_wrk(server.port,
-                                    write_lua(work, target, name, args.wrk_threads),
-                                    args.duration, args)
+            results[key] = run_wrk(server.port,
+                                   write_lua(work, target, name, args.wrk_threads),
+                                   args.duration, args)
             if target.cleanup:  # no open request left behind for the next round
                 call(portal.port, "POST", f"/api/v1/session-requests/{target.cleanup}/cancel",
                      seed["technician_token"])
-            print(f"  {worker_class:>7} {name:<9} {results[name].requests_per_second:9.1f} "
+            print(f"  {worker_class:>7} {key:<10} {results[key].requests_per_second:9.1f} "
                   "req/s", file=sys.stderr)
     finally:
         statements = {**bare.stop(), **portal.stop()}
-    for name, result in results.items():
+    for key, result in results.items():
+        name = key.removesuffix("-after")
         result.statements = statements.get(name, 0.0 if name == "bare" else None)
     return results
 
@@ -339,12 +250,19 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str) -> d
 
 
 def table(results: dict[str, Result], heading: str) -> str:
-    bare = results["bare"].requests_per_second
+    before, after = results.pop("bare"), results.pop("bare-after")
+    bare = (before.requests_per_second + after.requests_per_second) / 2
+    rows = {"bare": Result(bare, (before.p50_ms + after.p50_ms) / 2,
+                           (before.p95_ms + after.p95_ms) / 2,
+                           before.requests + after.requests,
+                           ", ".join(e for e in (before.errors, after.errors) if e),
+                           before.statements), **results}
     lines = [heading, "",
              "| path | req/s | p50 | p95 | share of bare | statements/req | goal |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    notes = []
-    for name, result in results.items():
+    notes = [f"The bare endpoint ran first and last: {before.requests_per_second:,.0f} and "
+             f"{after.requests_per_second:,.0f} req/s; its row and the shares use the mean."]
+    for name, result in rows.items():
         share = 100 * result.requests_per_second / bare if bare else 0.0
         goal = "—"
         if name in GOALS:
@@ -354,10 +272,9 @@ def table(results: dict[str, Result], heading: str) -> str:
                      f"{result.p50_ms:.1f} ms | {result.p95_ms:.1f} ms | {share:.1f} % | "
                      f"{statements} | {goal} |")
         if result.errors:
-            notes.append(f"- {TITLES[name]}: {result.errors} of {result.requests:,} requests")
-    if notes:
-        lines += ["", "Errors (the figures above count them as requests):", *notes]
-    return "\n".join(lines)
+            notes.append(f"Errors on {TITLES[name]}: {result.errors} of "
+                         f"{result.requests:,} requests (counted in its req/s).")
+    return "\n".join(lines + [""] + notes)
 
 
 def run_extras(args) -> None:
