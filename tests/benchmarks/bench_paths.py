@@ -10,7 +10,15 @@ hooks in bench_gunicorn.py); wrk drives each path with the same load (2 threads,
 4 connections, --duration seconds after a short warm-up) from its own process on loopback.
 Per path it prints requests/s, p50 and p95 latency (wrk's own histogram), its share of
 the bare endpoint's requests/s, SQL statements per request (counted inside the workers)
-and the issue's goal — one Markdown table per database and worker class.
+and the issue's goal — one Markdown table per database and worker class. The bare
+endpoint runs first and again last (the shares use the mean), so a change in the shared
+machine's load during the run shows.
+
+--database-uri EMPTIES that database first (every table, view, sequence and type of its
+schema), then migrates and seeds it: give a scratch database. Without it, a fresh SQLite
+file in a temporary folder, deleted afterwards. --all then runs the other benchmarks of
+this folder that are present (EXTRA_BENCHMARKS: expiry, long-polls, mail), each with the
+same --database-uri.
 
 The paths (--paths, comma-separated; the bare endpoint always runs):
   create     POST /api/v1/session-requests   technician token; email authorization with
@@ -292,7 +300,8 @@ def run_extras(args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+        description=__doc__.split("\n\nNot a test")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="With --database-uri the database is EMPTIED first (every table, view, "
                "sequence and type of its schema is dropped), then migrated and seeded: "
                "give a scratch database. Without it, a fresh SQLite file (WAL) in a "

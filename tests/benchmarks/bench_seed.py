@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 
 from portal import clock, create_app
@@ -79,6 +80,9 @@ def link(request_id: int) -> str:
             if message.request_id == request_id:
                 for url in mail.approval_links_in(message):
                     return url.rsplit("/", 1)[1]
+                found = re.search(r"/approvals/([A-Za-z0-9_\-]{20,})", message.body_text)
+                if found:  # a wording of the email that approval_links_in does not know
+                    return found.group(1)
         if page.next_after is None:
             raise SystemExit(f"no queued approval email for request {request_id}")
         before = page.next_after
