@@ -354,20 +354,22 @@ def main(argv=None) -> None:
     (work / "bare.py").write_text(BARE_APP)
     database = "PostgreSQL" if args.database_uri else "SQLite (WAL)"
     print(f"Seeding {database} in {work} …", file=sys.stderr)
-    seed = prepare_database(env, args)
-    classes = ("sync", "gthread") if args.worker_class == "both" else (args.worker_class,)
-    tables = []
-    for worker_class in classes:
-        results = measure_all(env, work, seed, args, worker_class)
-        threads = f", {args.threads} threads each" if worker_class == "gthread" else ""
-        tables.append(table(results, (
-            f"### {database} — gunicorn -w {args.workers} ({worker_class}{threads}), "
-            f"wrk {args.wrk_threads} threads × {args.connections} connections, "
-            f"{args.duration:g} s per path")))
+    try:
+        seed = prepare_database(env, args)
+        classes = ("sync", "gthread") if args.worker_class == "both" else (args.worker_class,)
+        tables = []
+        for worker_class in classes:
+            results = measure_all(env, work, seed, args, worker_class)
+            threads = f", {args.threads} threads each" if worker_class == "gthread" else ""
+            tables.append(table(results, (
+                f"### {database} — gunicorn -w {args.workers} ({worker_class}{threads}), "
+                f"wrk {args.wrk_threads} threads × {args.connections} connections, "
+                f"{args.duration:g} s per path")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print("\n" + "\n\n".join(tables))
     if args.all:
         run_extras(args)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
