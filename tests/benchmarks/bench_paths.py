@@ -26,6 +26,10 @@ The paths (--paths, comma-separated; the bare endpoint always runs):
              spread over --devices devices
   approval   GET /approvals/<token>          a pending request's link, opened once before
   prompts    GET /api/v1/agent/prompts       device token, one open prompt, fetched once before
+  otp_verify POST /api/v1/agent/otp/verify     device token of a department with one-time
+             passwords on; a wrong code for one of 5,000 usernames in turn, so every
+             answer is the 403 and the failure counter and audit event are written (a
+             username locked out after 5 failures would cost less)
 
 Data is made through the portal's CLI (`flask --app portal db upgrade`) and public services
 (bench_seed.py); the paths are driven through the HTTP API only, so the script runs
@@ -69,12 +73,14 @@ def hello(path):
 # --database-uri (the same meaning as here; it may empty that database again) and prints
 # its own table. Expiry lateness, decision -> long-poll latency, mail delivery delay.
 EXTRA_BENCHMARKS = ("bench_expiry.py", "bench_longpoll.py", "bench_mail.py")
-GOALS = {"create": 20.0, "approval": 30.0, "prompts": 30.0}
+GOALS = {"create": 20.0, "approval": 30.0, "prompts": 30.0, "otp_verify": 20.0}
 TITLES = {"bare": "bare Flask endpoint (`GET /hello`)",
           "create": "`POST /api/v1/session-requests` (2 recipients)",
           "approval": "`GET /approvals/<token>`",
-          "prompts": "`GET /api/v1/agent/prompts`"}
-PATHS = ("create", "approval", "prompts")
+          "prompts": "`GET /api/v1/agent/prompts`",
+          "otp_verify": "`POST /api/v1/agent/otp/verify` (wrong code, 403)"}
+PATHS = ("create", "approval", "prompts", "otp_verify")
+OTP_USERNAMES = 5000  # each takes a few failures: the counter and audit run, no lock-out
 
 
 # --- database and data ---------------------------------------------------------------
@@ -163,6 +169,18 @@ def target_for(name: str, port: int, seed: dict, env: dict) -> Target:
         if status != 200:
             raise SystemExit(f"the approval page answered {status}")
         return Target("approval", "GET", path, {}, [], cleanup=str(created["id"]))
+    if name == "otp_verify":
+        body = {"username": "bench-user-0", "email": "user@bench.example",
+                "password": "00000000"}
+        status, answer = call(port, "POST", "/api/v1/agent/otp/verify", seed["otp_token"], body)
+        if (status, json.loads(answer)) != (403, {"allowed": False}):
+            raise SystemExit(f"a wrong code is not refused as the contract says: {status} "
+                             f"{answer!r}")
+        return Target("otp_verify", "POST", "/api/v1/agent/otp/verify",
+                      {"Authorization": f"Bearer {seed['otp_token']}",
+                       "Content-Type": "application/json"},
+                      [json.dumps({**body, "username": f"bench-user-{i}"})
+                       for i in range(1, OTP_USERNAMES + 1)], refused=True)
     created = create_request(port, seed, seed["prompt_device"])
     if created["checks"]["end_user"] != "pending":
         raise SystemExit(f"the prompt device's request opens no prompt: {created}")
@@ -237,10 +255,10 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str) -> d
             server = bare if name == "bare" else portal
             target = target_for(name, server.port, seed, env)
             run_wrk(server.port, write_lua(work, target, None, args.wrk_threads),
-                    args.warmup, args)
+                    args.warmup, args, refused=target.refused)
             results[key] = run_wrk(server.port,
                                    write_lua(work, target, name, args.wrk_threads),
-                                   args.duration, args)
+                                   args.duration, args, refused=target.refused)
             if target.cleanup:  # no open request left behind for the next round
                 call(portal.port, "POST", f"/api/v1/session-requests/{target.cleanup}/cancel",
                      seed["technician_token"])

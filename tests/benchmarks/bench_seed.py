@@ -10,6 +10,7 @@ demo do), in the database the environment names (PORTAL_SQLALCHEMY_DATABASE_URI)
   the requests spread over many;
 * "Bench Prompts": confirmation on (the longest timeout), email authorization off; one
   device that is unlocked with a user logged in, so a request there opens a prompt;
+* "Bench OTP": one-time passwords allowed, one device (its token is for the verify path);
 and a technician of both with an API token. `link` reads a pending request's approval
 link out of its queued email (no mail server is configured, so the email stays in the
 outbox).
@@ -66,8 +67,12 @@ def seed(device_count: int) -> dict:
         ip_address="10.99.0.1", actor=CLI, now=now)
     agents.update_state(device=prompt_device, locked=False, logged_in_user="bench-user",
                         actor=CLI, now=now)
+    otp = _department("Bench OTP", is_otp_allowed=True)
+    _otp_device, otp_token = devices.create_device(
+        department=otp, name="BENCH-O-0001", os="Windows 11 Pro", ip_address="10.98.0.1",
+        actor=CLI, now=now)
     db.session.commit()
-    return {"technician_token": token, "device_token": device_token,
+    return {"technician_token": token, "device_token": device_token, "otp_token": otp_token,
             "email_devices": names, "prompt_device": prompt_device.name}
 
 

@@ -52,6 +52,7 @@ class Target:
     headers: dict
     bodies: list
     cleanup: str | None = None  # a request id to cancel afterwards
+    refused: bool = False  # every answer is meant to be a 4xx (the OTP verify path)
 
 
 @dataclass
@@ -83,7 +84,7 @@ def write_lua(work: Path, target: Target, label: str | None, threads: int) -> Pa
     return path
 
 
-def run_wrk(port: int, script: Path, seconds: int, args) -> Result:
+def run_wrk(port: int, script: Path, seconds: int, args, refused: bool = False) -> Result:
     out = subprocess.run(
         ["wrk", "-t", str(args.wrk_threads), "-c", str(args.connections),
          "-d", f"{seconds}s", "--timeout", "10s", "-s", str(script),
@@ -95,7 +96,9 @@ def run_wrk(port: int, script: Path, seconds: int, args) -> Result:
     requests, duration_us, p50, p95, status, connect, read, write, timeout = map(
         int, line.removeprefix(REPORT_PREFIX).split())
     problems = []
-    if status:
+    if refused and status != requests:
+        problems.append(f"{requests - status} answers that were not the expected refusal")
+    elif status and not refused:
         problems.append(f"{status} non-2xx/3xx answers")
     sockets = {"connect": connect, "read": read, "write": write, "timeout": timeout}
     problems += [f"{n} {kind} errors" for kind, n in sockets.items() if n]
