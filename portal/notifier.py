@@ -196,16 +196,17 @@ def _after_commit(session: Session) -> None:
                              outbox=noted.outbox)
 
 
-def _after_soft_rollback(session: Session, previous_transaction) -> None:
-    if previous_transaction.nested:
-        return  # the outer transaction's changes are still on their way
+def _after_transaction_end(session: Session, transaction) -> None:
+    """Rolled back or closed (after a commit, after_commit has published already)."""
+    if transaction.parent is not None:
+        return  # a savepoint: the outer transaction's changes are still on their way
     session.info.pop(_NOTED, None)
     session.info.pop(_NOTED + ".engine", None)
 
 
 _HOOKS = (("after_flush", _after_flush), ("do_orm_execute", _on_orm_execute),
           ("before_commit", _before_commit), ("after_commit", _after_commit),
-          ("after_soft_rollback", _after_soft_rollback))
+          ("after_transaction_end", _after_transaction_end))
 
 
 def init_notifier(app: Flask) -> None:
