@@ -17,6 +17,7 @@ from portal.clock import init_clock
 from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
 from portal.json_input import JSONProvider
+from portal.notifier import init_notifier
 from portal.unit_of_work import init_unit_of_work
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +148,7 @@ def register_extensions(app: Flask) -> None:
     # First registered, so it runs after every other after_request hook: the commit (or
     # rollback) closes the request's unit of work once everything else has written.
     init_unit_of_work(app)
+    init_notifier(app)  # commits that change a request or queue mail wake their waiters
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"),
                      render_as_batch=True, compare_type=True)
     mail.init_app(app)

@@ -9,16 +9,18 @@ decision path too, so a late or stopped scheduler never lets a late decision thr
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime, timezone
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_STARTED
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 from sqlalchemy import text
 
-from portal import clock
-from portal.extensions import db
+from portal import clock, notifier
 from portal.domain.errors import AuditHeadMissingError
+from portal.extensions import db
 from portal.services import audit, decisions, otp, otp_requests
 from portal.services import mail as outbox
 
@@ -26,7 +28,8 @@ log = logging.getLogger("portal.jobs")
 
 EXPIRY_INTERVAL_SECONDS = 0.5
 AUDIT_SEAL_INTERVAL_SECONDS = 0.5
-OUTBOX_INTERVAL_SECONDS = 2
+OUTBOX_INTERVAL_SECONDS = 2  # the sweep for retries; new mail wakes delivery at once
+OUTBOX_BATCH = 50
 ADVISORY_LOCK_KEY = 0x5E55_10A7  # "session gate" scheduler election
 
 
@@ -91,7 +94,7 @@ def seal_audit(app: Flask) -> int:
     return _run(app, "audit sealing", work) or 0
 
 
-def deliver_outbox(now: datetime, limit: int = 50) -> outbox.DeliveryReport:
+def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> outbox.DeliveryReport:
     """Send what is due, committing the claim first and then after each message (a job
     boundary): a crash never loses a recorded delivery, and a message is sent at most once
     per claim. Needs an app context."""
@@ -115,12 +118,59 @@ def deliver_outbox(now: datetime, limit: int = 50) -> outbox.DeliveryReport:
     return report
 
 
+_delivering = threading.Lock()  # the sweep and the wake-up take turns in a process
+
+
 def deliver_mail(app: Flask) -> outbox.DeliveryReport | None:
-    report = _run(app, "outbox delivery", deliver_outbox)
-    if report and (report.sent or report.failed or report.retried):
-        log.info("outbox: sent %s, retrying %s, failed %s", report.sent, report.retried,
-                 report.failed)
-    return report
+    """Deliver batches until what is due is done (a full batch means more may wait)."""
+    total = outbox.DeliveryReport()
+    with _delivering:
+        while True:
+            report = _run(app, "outbox delivery", deliver_outbox)
+            if report is None:
+                return None
+            for name in ("sent", "retried", "failed", "cancelled"):
+                getattr(total, name).extend(getattr(report, name))
+            handled = (len(report.sent) + len(report.retried) + len(report.failed)
+                       + len(report.cancelled))
+            if handled < OUTBOX_BATCH:
+                break
+    if total.sent or total.failed or total.retried:
+        log.info("outbox: sent %s, retrying %s, failed %s", total.sent, total.retried,
+                 total.failed)
+    return total
+
+
+def _deliver_when_queued(app: Flask, watch: notifier.Watch, stop: threading.Event) -> None:
+    """Woken by the notifier's "outbox" channel when a commit queued mail."""
+    with watch:
+        while not stop.is_set():
+            if watch.wait(1.0) and not stop.is_set():
+                deliver_mail(app)
+
+
+def _wake_delivery_on_new_mail(app: Flask, scheduler) -> None:
+    """While the scheduler runs, a thread waits for mail to be queued and delivers it
+    at once; the periodic job stays as the sweep for retries and back-off. It ends with
+    the scheduler (after the batch it may be sending)."""
+    running: dict = {}
+
+    def on_event(scheduler_event) -> None:
+        if scheduler_event.code == EVENT_SCHEDULER_STARTED:
+            with app.app_context():
+                watch = notifier.watch_outbox()
+            stop = threading.Event()
+            thread = threading.Thread(target=_deliver_when_queued, args=(app, watch, stop),
+                                      name="outbox wake-up", daemon=True)
+            running.update(watch=watch, stop=stop, thread=thread)
+            thread.start()
+        elif running:
+            running["stop"].set()
+            running["watch"].wake()
+            running.pop("thread").join(timeout=30)
+            running.clear()
+
+    scheduler.add_listener(on_event, EVENT_SCHEDULER_STARTED | EVENT_SCHEDULER_SHUTDOWN)
 
 
 def build_scheduler(app: Flask, *, blocking: bool = False):
@@ -137,6 +187,7 @@ def build_scheduler(app: Flask, *, blocking: bool = False):
                       seconds=AUDIT_SEAL_INTERVAL_SECONDS, next_run_time=now)
     scheduler.add_job(deliver_mail, "interval", args=[app], id="deliver_mail",
                       seconds=OUTBOX_INTERVAL_SECONDS, next_run_time=now)
+    _wake_delivery_on_new_mail(app, scheduler)
     return scheduler
 
 

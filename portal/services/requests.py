@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import joinedload
 
+from portal import notifier
 from portal.domain import requests as rules
 from portal.domain.errors import InvalidInputError, NotFoundError
 from portal.domain.requests import EmailCheck, Status
@@ -159,25 +160,36 @@ def reading(req: SessionRequest, now: datetime) -> rules.Reading:
         decided_by=req.decided_by, now=now)
 
 
-POLL_INTERVAL_SECONDS = 0.05
+DEADLINE_SLACK_SECONDS = 0.01
 
 
 def wait_for_change(request_id: int, seen: Status, seconds: float,
                     clock: Callable[[], datetime]) -> None:
     """Hold until the request no longer reads as `seen` (or is gone), or `seconds` pass:
-    a long-poll. Each tick is one indexed single-row read on a connection taken from the
-    pool for that read only, so a waiting request holds no connection in between; the
-    caller hands its own session's connection back first (unit_of_work.release)."""
+    a long-poll. One indexed single-row read at the start, then it sleeps on the process's
+    notifier (portal.notifier) and reads again only when woken for this request — by a
+    commit that changed it, or by the notifier's shared fallback check — or when the
+    request's own deadline passes (so a timeout is answered on time, before any sweep).
+    Each read takes a pooled connection for that read only, so a waiting request holds no
+    connection; the caller hands its own session's connection back first
+    (unit_of_work.release)."""
     query = (select(SessionRequest.status, SessionRequest.expires_at)
              .where(SessionRequest.id == request_id))
     give_up = time.monotonic() + seconds
-    while time.monotonic() < give_up:
-        with db.engine.connect() as connection:
-            row = connection.execute(query).first()
-        if row is None or rules.effective_status(row.status, row.expires_at,
-                                                 clock()) is not seen:
-            return
-        time.sleep(POLL_INTERVAL_SECONDS)
+    with notifier.watch_request(request_id) as watch:  # before the read: no change missed
+        while True:
+            with db.engine.connect() as connection:
+                row = connection.execute(query).first()
+            if row is None or rules.effective_status(row.status, row.expires_at,
+                                                     clock()) is not seen:
+                return
+            watch.expect(row.status)
+            left = give_up - time.monotonic()
+            until_due = (row.expires_at - clock()).total_seconds() + DEADLINE_SLACK_SECONDS
+            if left <= 0:
+                return
+            if not watch.wait(min(left, until_due)) and left <= until_due:
+                return  # the whole wait passed unchanged
 
 
 def pending_for(user: User, now: datetime, limit: int = 50
