@@ -11,8 +11,9 @@ and devices and leaves them there), seeds two departments with email authorizati
 and two recipients (one of them with session confirmation on too), a technician with a
 user token and devices with device tokens, then times each path `--runs` times and
 prints, per path: statements per request (median; the audit trail's own statements
-apart, see tests/statement_counter.py), audit events written per request, and the
-median / p95 time.
+apart, see tests/statement_counter.py), audit events written per request, the median /
+p95 wall time, and the median CPU time of this process (the portal's Python work alone,
+less disturbed by other load on the machine; a PostgreSQL server's work is not in it).
 
   create               POST /api/v1/session-requests (2 approval emails queued)
   create+confirm       the same with session confirmation on (an end-user prompt too)
@@ -122,17 +123,19 @@ def run(app, path: HotPath, runs: int, warmup: int = 3) -> dict:
     with app.app_context():
         engine = db.engine
         events_before = db.session.scalar(select(func.count()).select_from(AuditEvent))
-    times, counts, own, writes = [], [], [], []
+    times, cpu, counts, own, writes = [], [], [], [], []
     log = StatementLog(engine)
     for i in range(warmup + runs):
         with log:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             response = path.call(client, i)
             elapsed = (time.perf_counter() - started) * 1000
+            elapsed_cpu = (time.process_time() - started_cpu) * 1000
         assert response.status_code == path.expect, (path.name, response.status_code,
                                                      response.get_data(as_text=True)[:300])
         if i >= warmup:
             times.append(elapsed)
+            cpu.append(elapsed_cpu)
             counts.append(log.count)
             own.append(len(log.own))
             writes.append(len(log.writes))
@@ -142,7 +145,8 @@ def run(app, path: HotPath, runs: int, warmup: int = 3) -> dict:
     return {"name": path.name, "statements": statistics.median(counts),
             "own": statistics.median(own), "writes": statistics.median(writes),
             "events": events / (warmup + runs), "median_ms": statistics.median(times),
-            "p95_ms": percentile(times, 0.95), "last": log}
+            "p95_ms": percentile(times, 0.95), "cpu_ms": statistics.median(cpu),
+            "last": log}
 
 
 def approval_tokens(app, after_id: int, department_recipient: str) -> list[str]:
@@ -207,10 +211,11 @@ def main(argv=None) -> int:
 
     print(f"\n{dialect}, {args.runs} runs per path (Flask test client, in-process)\n")
     print(f"{'path':<20} {'statements':>10} {'w/o audit':>9} {'writes':>6} "
-          f"{'audit events':>12} {'median ms':>9} {'p95 ms':>7}")
+          f"{'audit events':>12} {'median ms':>9} {'p95 ms':>7} {'cpu ms':>6}")
     for r in results:
         print(f"{r['name']:<20} {r['statements']:>10g} {r['own']:>9g} {r['writes']:>6g} "
-              f"{r['events']:>12.2f} {r['median_ms']:>9.2f} {r['p95_ms']:>7.2f}")
+              f"{r['events']:>12.2f} {r['median_ms']:>9.2f} {r['p95_ms']:>7.2f} "
+              f"{r['cpu_ms']:>6.2f}")
     if args.show:
         for r in results:
             if r["name"].startswith(args.show):
