@@ -226,7 +226,7 @@ def load_signed_in_user(session_token: str, *, now: datetime) -> User | None:
         select(LoginSession).where(
             LoginSession.token_hash == crypto.keyed_hash(session_token),
             LoginSession.ended_at.is_(None),
-        )
+        ).options(joinedload(LoginSession.user))  # the session and its user in one query
     )
     if row is None or not row.user.is_enabled:
         return None

@@ -25,7 +25,7 @@ from portal.domain.errors import (
 from portal.domain.permissions import Action
 from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
-from portal.models import ApprovalLink, Device, SessionRequest, User
+from portal.models import ApprovalLink, Department, Device, SessionRequest, User
 from portal.services import authz, crypto, mail
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event
@@ -103,9 +103,15 @@ def decide_by_end_user(*, device: Device, request_id: int, decision: str, actor:
 
 
 def find_link(token: str) -> ApprovalLink:
+    """The link with everything its page and its decision read about a session request
+    (the request, its device, technician, department and settings), in one query."""
+    request = joinedload(ApprovalLink.request)
     link = db.session.scalar(
         select(ApprovalLink).where(ApprovalLink.token_hash == crypto.keyed_hash(token))
-        .options(joinedload(ApprovalLink.request)))
+        .options(request.joinedload(SessionRequest.device),
+                 request.joinedload(SessionRequest.technician),
+                 request.joinedload(SessionRequest.department)
+                 .joinedload(Department.settings)))
     if link is None:
         raise NotFoundError("This link is not valid.")
     return link
@@ -148,7 +154,10 @@ def check_link_holder(link: ApprovalLink, signed_in: User | None, *,
 def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
                        user_agent: str = "") -> bool:
     """The first GET of a link is recorded once ("link opened"); later GETs — which anyone
-    holding the link can repeat forever — write nothing. True for the first opening."""
+    holding the link can repeat forever — write nothing, not even an UPDATE that matches
+    no row (on SQLite that alone takes the write lock). True for the first opening."""
+    if link.first_opened_at is not None:  # as read with the link: opened before
+        return False
     first = db.session.execute(
         update(ApprovalLink)
         .where(ApprovalLink.id == link.id, ApprovalLink.first_opened_at.is_(None))

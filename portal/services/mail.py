@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from flask import current_app, render_template
 from flask_mail import Message
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from portal.domain import otp as otp_rules
 from portal.domain import requests as rules
@@ -75,15 +75,29 @@ def link_context(*, token: str, base_url: str, expires_at: datetime, now: dateti
             "valid_until": expires_at.strftime("%H:%M:%S UTC")}
 
 
-def queue_approval_email(*, req: SessionRequest, recipient: str, token: str, base_url: str,
-                         now: datetime) -> OutboxMessage:
-    context = {"req": req, "recipient": recipient, "reason": one_line(req.reason),
-               **link_context(token=token, base_url=base_url, expires_at=req.expires_at,
+def queue_approval_emails(*, req: SessionRequest, links: list[tuple[str, str]],
+                          base_url: str, now: datetime) -> None:
+    """One approval email per (recipient, token) of the request's new links, written to
+    the outbox in one INSERT.
+
+    The emails say the same to every recipient but for the link, so the pair of templates
+    is rendered once, with an unguessable stand-in for the token (no text of the
+    technician's can hold it), and each copy gets its own token put in."""
+    if not links:
+        return
+    stand_in = crypto.new_token()
+    context = {"req": req, "reason": one_line(req.reason),
+               **link_context(token=stand_in, base_url=base_url, expires_at=req.expires_at,
                               now=now)}
-    return queue_message(recipient=recipient,
-                         subject=f"Remote session request for {req.device.name}",
-                         template="approval_request", context=context,
-                         department_id=req.department_id, now=now, request_id=req.id)
+    body_text = render_template("emails/approval_request.txt", **context)
+    body_html = render_template("emails/approval_request.html", **context)
+    subject = f"Remote session request for {req.device.name}"
+    db.session.execute(insert(OutboxMessage), [{
+        "department_id": req.department_id, "request_id": req.id, "recipient": recipient,
+        "subject": subject, "body_text": body_text.replace(stand_in, token),
+        "body_html": body_html.replace(stand_in, token), "status": "pending",
+        "attempts": 0, "next_attempt_at": now, "created_at": now,
+    } for recipient, token in links])
 
 
 # An email carrying a one-time password is stored with this in place of the code; the

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import joinedload
 
 from portal import notifier
@@ -15,7 +15,15 @@ from portal.domain.errors import InvalidInputError, NotFoundError
 from portal.domain.requests import EmailCheck, Status
 from portal.domain.permissions import Action
 from portal.extensions import db
-from portal.models import ApprovalLink, Device, Exclusion, SessionRequest, User
+from portal.models import (
+    ApprovalLink,
+    Department,
+    Device,
+    DeviceGroup,
+    Exclusion,
+    SessionRequest,
+    User,
+)
 from portal.services import authz, crypto, mail
 from portal.services.actors import Actor
 from portal.services.audit import record_event
@@ -48,16 +56,28 @@ def clean_text(value, field: str, limit: int) -> str | None:
     return value
 
 
-def _exclusion_reason(device: Device) -> str | None:
-    conditions = [Exclusion.device_id == device.id]
-    if device.group_id is not None:
-        conditions.append(Exclusion.group_id == device.group_id)
-    row = db.session.scalars(select(Exclusion).where(or_(*conditions)).limit(1)).first()
+def _requested_device(name: str) -> tuple[Device, str | None] | None:
+    """The device by name with what the policy reads about it, in one query: its
+    department's settings (eager) and why it is excluded from session confirmation, if it
+    is (its own exclusion, or its group's)."""
+    is_device_excluded = (select(Exclusion.id).where(Exclusion.device_id == Device.id)
+                          .exists())
+    excluded_group = (select(DeviceGroup.name)
+                      .join(Exclusion, Exclusion.group_id == DeviceGroup.id)
+                      .where(DeviceGroup.id == Device.group_id)
+                      .scalar_subquery())
+    row = db.session.execute(
+        select(Device, is_device_excluded, excluded_group)
+        .where(Device.name == name)
+        .options(joinedload(Device.department).joinedload(Department.settings))).first()
     if row is None:
         return None
-    if row.device_id is not None:
-        return "device excluded from session confirmation"
-    return f"group “{device.group.name}” excluded from session confirmation"
+    device, device_excluded, group_name = row
+    if device_excluded:
+        return device, "device excluded from session confirmation"
+    if group_name is not None:
+        return device, f"group “{group_name}” excluded from session confirmation"
+    return device, None
 
 
 def requestable_devices(user: User) -> list[Device]:
@@ -77,9 +97,10 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         raise InvalidInputError({"device": ["Use printable characters only."]})
     run_as = clean_text(run_as, "run_as", MAX_RUN_AS)
     reason = clean_text(reason, "reason", MAX_REASON)
-    device = db.session.scalar(select(Device).where(Device.name == device_name.strip()))
-    if device is None or not authz.can(technician, Action.REQUEST, device.department_id):
+    found = _requested_device(device_name.strip())
+    if found is None or not authz.can(technician, Action.REQUEST, found[0].department_id):
         raise NotFoundError("No such device in your departments.")
+    device, exclusion = found
     settings = device.department.settings
     plan = rules.plan_request(
         rules.PolicyInput(
@@ -90,12 +111,12 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
             email_authorization_timeout_seconds=settings.email_authorization_timeout_seconds,
             is_locked=device.is_locked,
             logged_in_user=device.logged_in_user,
-            exclusion=_exclusion_reason(device),
+            exclusion=exclusion,
         ),
         now,
     )
     req = SessionRequest(
-        device=device, department_id=device.department_id, technician=technician,
+        device=device, department=device.department, technician=technician,
         run_as=run_as, reason=reason, status=plan.status.value, created_at=now,
         expires_at=plan.expires_at, decided_at=plan.decided_at, decided_by=plan.decided_by,
         decision_reason=plan.decision_reason, end_user_check=plan.end_user.value,
@@ -104,24 +125,27 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         prompt_message=settings.confirmation_message,
     )
     db.session.add(req)
-    db.session.flush()
+    db.session.flush()  # its id, which the links, the emails and the audit events carry
+    # The links in one INSERT, their emails (rendered once) in another, then the audit
+    # events.
+    links = [(recipient, crypto.new_token()) for recipient in settings.recipients] \
+        if plan.email is EmailCheck.PENDING else []
+    if links:
+        db.session.execute(insert(ApprovalLink), [{
+            "request_id": req.id, "recipient_email": recipient,
+            "token_hash": crypto.keyed_hash(token), "created_at": now,
+            "is_sign_in_required": settings.is_sign_in_required_to_decide,
+        } for recipient, token in links])
+    mail.queue_approval_emails(req=req, links=links, base_url=base_url, now=now)
     audit_request(req, "request.created", actor, now, technician=technician.email, run_as=run_as,
            reason=reason, end_user=plan.end_user.value, email=plan.email.value,
            expires_at=plan.expires_at.isoformat())
     if plan.status is Status.APPROVED:
         audit_request(req, "request.decided", actor, now, status="approved",
                decided_by=plan.decided_by, decision_reason=plan.decision_reason)
-    if plan.email is EmailCheck.PENDING:
-        for recipient in settings.recipients:
-            token = crypto.new_token()
-            db.session.add(ApprovalLink(
-                request_id=req.id, recipient_email=recipient,
-                token_hash=crypto.keyed_hash(token), created_at=now,
-                is_sign_in_required=settings.is_sign_in_required_to_decide))
-            mail.queue_approval_email(req=req, recipient=recipient, token=token,
-                                      base_url=base_url, now=now)
-            audit_request(req, "email.queued", actor, now, recipient=recipient)
-        db.session.flush()
+    for recipient, _token in links:
+        audit_request(req, "email.queued", actor, now, recipient=recipient)
+    db.session.flush()
     return req
 
 

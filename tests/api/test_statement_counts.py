@@ -1,0 +1,184 @@
+"""The hot paths stay cheap: each request of them sends no more SQL statements than its
+budget (issue 8, point 3), and a plain GET writes nothing.
+
+A budget counts the path's own statements; what the audit trail sends for an event is
+left out (tests/statement_counter.py: every statement on an audit_* table), because how
+an event is appended is the audit trail's business. Instead, each path writes exactly
+the audit events it should. Budgets sit a little above the count measured when they
+were set (the comment beside each); if a change raises a count past its budget, find the
+extra statement (`log.listing()` is in the failure message) before raising the budget.
+The timings themselves live in tests/benchmarks/bench_statements.py."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from api_setup import RECIPIENTS, bearer, build_world, configure, utcnow, with_email
+from sqlalchemy import func, select, update
+from statement_counter import StatementLog
+
+from portal.extensions import db
+from portal.models import ApiToken, ApprovalLink, AuditEvent, OutboxMessage
+from portal.services import departments, mail
+from portal.services.actors import CLI
+
+# Measured 6: the token with its user; the device with its department's settings and
+# its exclusion; the technician's roles there; INSERT the request; INSERT both approval
+# links (one statement); INSERT both emails (one statement).
+CREATE_BUDGET = 7
+# Measured 6, as above: the end-user prompt is part of the request's row.
+CREATE_WITH_CONFIRMATION_BUDGET = 7
+# Measured 2: the link with its request, device, technician, department and settings;
+# the conditional UPDATE that records the first opening.
+FIRST_OPENING_BUDGET = 3
+# Measured 1: the link with all it shows. No write at all.
+LATER_OPENING_BUDGET = 1
+# Measured 2: the token with its device; the open prompts with their technicians.
+PROMPTS_BUDGET = 3
+# Measured 3: as above, and the one UPDATE … RETURNING that marks the first fetch.
+PROMPTS_FIRST_FETCH_BUDGET = 4
+
+CREATE = "/api/v1/session-requests"
+PROMPTS = "/api/v1/agent/prompts"
+
+
+@pytest.fixture
+def w(make):
+    w = build_world(make)
+    with_email(w)  # email authorization on, two recipients: two approval emails a create
+    return w
+
+
+def audit_events() -> int:
+    return db.session.scalar(select(func.count()).select_from(AuditEvent))
+
+
+def measured(call):
+    """(response, statement log, audit events written) of one request."""
+    before = audit_events()
+    with StatementLog(db.engine) as log:
+        response = call()
+    return response, log, audit_events() - before
+
+
+def create(client, w):
+    return client.post(CREATE, json={"device": w.device.name, "run_as": "Administrator",
+                                     "reason": "Ticket INC-100042"},
+                       headers=bearer(w.tech_token))
+
+
+def tokens_of(request_id: int) -> dict[str, str]:
+    messages = db.session.scalars(select(OutboxMessage)
+                                  .where(OutboxMessage.request_id == request_id)).all()
+    return {m.recipient: mail.approval_links_in(m)[0].rsplit("/", 1)[1] for m in messages}
+
+
+def test_a_create_with_two_recipients_stays_within_its_budget(client, w):
+    create(client, w)  # the token's first use of the minute is touched (see below)
+    response, log, events = measured(lambda: create(client, w))
+    assert response.status_code == 201
+    assert len(log.own) <= CREATE_BUDGET, log.listing()
+    assert events == 3  # request.created, email.queued twice
+    request_id = response.get_json()["id"]
+    assert set(tokens_of(request_id)) == set(RECIPIENTS)
+    assert db.session.scalar(select(func.count()).select_from(ApprovalLink)
+                             .where(ApprovalLink.request_id == request_id)) == 2
+
+
+def test_a_create_with_confirmation_too_stays_within_its_budget(client, w):
+    configure(w.qa, is_confirmation_shown=True)
+    client.put("/api/v1/agent/state", json={"locked": False, "logged_in_user": "alice"},
+               headers=bearer(w.device_token))
+    create(client, w)
+    response, log, events = measured(lambda: create(client, w))
+    assert response.status_code == 201
+    assert response.get_json()["checks"] == {"end_user": "pending", "email": "pending"}
+    assert len(log.own) <= CREATE_WITH_CONFIRMATION_BUDGET, log.listing()
+    assert events == 3
+
+
+def test_each_recipient_gets_the_same_email_with_their_own_link(client, w):
+    request_id = create(client, w).get_json()["id"]
+    messages = db.session.scalars(select(OutboxMessage)
+                                  .where(OutboxMessage.request_id == request_id)).all()
+    links = [mail.approval_links_in(m)[0] for m in messages]
+    assert len(set(links)) == 2
+    first, second = messages
+    # Apart from the link, word for word the same (text and HTML).
+    assert first.body_text.replace(links[0], "LINK") == second.body_text.replace(links[1],
+                                                                               "LINK")
+    assert first.body_html.replace(links[0], "LINK") == second.body_html.replace(links[1],
+                                                                               "LINK")
+    for message, link in zip(messages, links):
+        assert message.body_html.count(link) == 1 and message.body_text.count(link) == 1
+
+
+def test_the_first_opening_of_a_link_writes_once_and_later_ones_not_at_all(client, w):
+    request_id = create(client, w).get_json()["id"]
+    token = tokens_of(request_id)[RECIPIENTS[0]]
+
+    response, log, events = measured(lambda: client.get(f"/approvals/{token}"))
+    assert response.status_code == 200
+    assert len(log.own) <= FIRST_OPENING_BUDGET, log.listing()
+    assert events == 1  # link.opened
+    assert [s.split(" ", 2)[:2] for s in log.writes if s in log.own] == [
+        ["UPDATE", "approval_links"]]
+
+    for _ in range(2):
+        response, log, events = measured(lambda: client.get(f"/approvals/{token}"))
+        assert response.status_code == 200
+        assert "Allow Session" in response.get_data(as_text=True)
+        assert len(log.own) <= LATER_OPENING_BUDGET, log.listing()
+        assert (log.writes, events) == ([], 0)
+
+
+def test_the_prompts_poll_stays_within_its_budget_and_writes_only_a_first_fetch(
+        client, w):
+    configure(w.qa, is_confirmation_shown=True)
+    client.put("/api/v1/agent/state", json={"locked": False, "logged_in_user": "alice"},
+               headers=bearer(w.device_token))
+    poll = lambda: client.get(PROMPTS, headers=bearer(w.device_token))  # noqa: E731
+
+    response, log, events = measured(poll)
+    assert response.get_json() == {"prompts": []}
+    assert len(log.own) <= PROMPTS_BUDGET, log.listing()
+
+    create(client, w)
+    response, log, events = measured(poll)
+    assert len(response.get_json()["prompts"]) == 1
+    assert len(log.own) <= PROMPTS_FIRST_FETCH_BUDGET, log.listing()
+    assert events == 1  # prompt.shown
+
+    response, log, events = measured(poll)
+    assert len(response.get_json()["prompts"]) == 1
+    assert len(log.own) <= PROMPTS_BUDGET, log.listing()
+    assert (log.writes, events) == ([], 0)
+
+
+def test_a_token_is_marked_used_at_most_once_a_minute(client, w):
+    """The touch after the view is a write only when the last one is over a minute old."""
+    poll = lambda: client.get(PROMPTS, headers=bearer(w.device_token))  # noqa: E731
+    _response, log, _events = measured(poll)
+    assert [s.split(" ", 2)[:2] for s in log.writes] == [["UPDATE", "api_tokens"]]
+    _response, log, _events = measured(poll)
+    assert log.writes == []
+
+    db.session.execute(update(ApiToken).values(last_used_at=utcnow() - timedelta(seconds=61)))
+    db.session.commit()
+    _response, log, _events = measured(poll)
+    assert [s.split(" ", 2)[:2] for s in log.writes] == [["UPDATE", "api_tokens"]]
+    last_used = db.session.scalar(select(ApiToken.last_used_at)
+                                  .where(ApiToken.device_id == w.device.id))
+    assert utcnow() - last_used < timedelta(seconds=5)
+
+
+def test_a_device_in_an_excluded_group_is_approved_with_the_groups_name(client, w, make):
+    group = make.group(w.qa, "Kiosks")
+    w.device.group_id = group.id
+    db.session.commit()
+    departments.add_exclusion(department=w.qa, target=f"group:{group.id}", actor=CLI,
+                              now=utcnow())
+    db.session.commit()
+    obj = create(client, w).get_json()
+    assert (obj["status"], obj["decided_by"], obj["decision_reason"]) == (
+        "approved", "exclusion", "group “Kiosks” excluded from session confirmation")

@@ -1,0 +1,60 @@
+"""Counting the SQL statements a request sends: a `before_cursor_execute` listener on the
+engine, on while a `with` block runs. Used by the statement-count test
+(tests/api/test_statement_counts.py) and the benchmark (tests/benchmarks/bench_statements.py).
+
+What the audit trail writes is kept apart (`audit`): how `record_event` appends (today a
+chain-head lock and several statements per event, soon one plain insert) is the audit
+trail's business, so a hot path's budget counts only its own statements (`own`)."""
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import event
+
+_AUDIT_TABLE = re.compile(r"\baudit_\w+")
+
+
+def is_audit_statement(statement: str) -> bool:
+    """Whether the statement reads or writes the audit trail's tables."""
+    return _AUDIT_TABLE.search(statement) is not None
+
+
+class StatementLog:
+    """Every statement sent through `engine` while the block runs (one executemany
+    counts once: it is one statement the driver sends)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def _record(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    def __enter__(self) -> StatementLog:
+        self.statements = []
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+    @property
+    def audit(self) -> list[str]:
+        return [s for s in self.statements if is_audit_statement(s)]
+
+    @property
+    def own(self) -> list[str]:
+        """The statements that are not the audit trail's."""
+        return [s for s in self.statements if not is_audit_statement(s)]
+
+    @property
+    def writes(self) -> list[str]:
+        return [s for s in self.statements
+                if s.split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
+
+    def listing(self) -> str:
+        return "\n".join(f"{i:3d}. {s[:160]}" for i, s in enumerate(self.statements, 1))
