@@ -25,7 +25,7 @@ from portal.domain.errors import (
 from portal.domain.permissions import Action
 from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
-from portal.models import ApprovalLink, Device, SessionRequest, User
+from portal.models import ApprovalLink, Device, OutboxMessage, SessionRequest, User
 from portal.services import authz, crypto, mail
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event
@@ -39,6 +39,7 @@ from portal.services.requests import (
 from portal.unit_of_work import keep_changes
 
 OWN_REQUEST = "Nobody decides their own request: ask another approver."
+QUEUED_MAIL = ("pending", "sending")  # the outbox statuses mail.cancel_for_requests cancels
 LINK_ENDED = ("This link no longer works: its recipient is no longer among the "
               "department's approval recipients.")
 
@@ -267,7 +268,13 @@ def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
     if not moved:
         return []
     ids = [row.id for row in moved]
-    mail.cancel_for_requests(ids)
+    # Only mail still queued needs cancelling: a sent, failed or cancelled message was
+    # redacted when it left the queue, so loading it (bodies and all) would change nothing.
+    queued = sorted(set(db.session.scalars(
+        select(OutboxMessage.request_id).where(OutboxMessage.request_id.in_(ids),
+                                               OutboxMessage.status.in_(QUEUED_MAIL)))))
+    if queued:
+        mail.cancel_for_requests(queued)
     names = dict(db.session.execute(select(Device.id, Device.name).where(
         Device.id.in_(sorted({row.device_id for row in moved})))).all())
     for row in moved:  # the details audit_request writes, without loading each request
