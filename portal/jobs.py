@@ -28,7 +28,7 @@ from portal.services import mail as outbox
 log = logging.getLogger("portal.jobs")
 
 EXPIRY_INTERVAL_SECONDS = 0.5  # the longest the expiry job sleeps; deadlines wake it
-EXPIRY_BATCH = 500  # requests timed out per transaction
+EXPIRY_BATCH = 200  # requests timed out per transaction (SQLite: per hold of the write lock)
 EXPIRY_JOB = "expire_requests"
 WAKE_MARGIN_SECONDS = 0.002  # wake just after a deadline, not a hair before it
 OUTBOX_INTERVAL_SECONDS = 2

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -144,6 +145,9 @@ def probe(app, approver: str, request_id: int, at: datetime, results: list) -> N
         except PortalError:
             db.session.commit()  # a refused late decision keeps its "timed out" change
             results.append((request_id, "refused"))
+        except Exception as exc:  # e.g. SQLite's busy timeout: neither accepted nor refused
+            db.session.rollback()
+            results.append((request_id, type(exc).__name__))
 
 
 def start_scheduler(app, uri: str) -> subprocess.Popen:
@@ -223,6 +227,7 @@ def run(app, uri: str, n: int, spread: float, n_probes: int) -> dict:
         "late_refused": sum(outcome.get(i) == "refused" for i in late_probes),
         "control_accepted": sum(outcome.get(i) == "accepted" for i in control),
         "control": len(control), "probes": len(late_probes),
+        "probe_errors": Counter(v for v in outcome.values() if v not in ("accepted", "refused")),
     }
 
 
@@ -264,7 +269,8 @@ def main(argv=None) -> int:
     print(line(f"seen by a {POLL_SECONDS * 1000:.0f} ms poller - expires_at", r["visible"]))
     print(f"  late decisions accepted: {r['late_accepted']} of {r['probes']} tried 1 ms after"
           f" the deadline ({r['late_refused']} refused); control, 50 ms before: "
-          f"{r['control_accepted']}/{r['control']} accepted")
+          f"{r['control_accepted']}/{r['control']} accepted"
+          + (f"; failed otherwise: {dict(r['probe_errors'])}" if r["probe_errors"] else ""))
     ok = r["timed_out"] == r["expected"] and not r["early"] and not r["late_accepted"]
     return 0 if ok else 1
 
