@@ -57,6 +57,16 @@ def _run(app: Flask, name: str, work):
             db.session.remove()
 
 
+def expire_overdue(now: datetime) -> list[int]:
+    """Everything overdue at `now` times out, in the caller's transaction (one go, for a
+    caller with its own boundary); the job sweeps in batches (expire_requests). The
+    session requests' ids."""
+    ids = decisions.expire_overdue(now)
+    otp_requests.expire_overdue(now)
+    otp.drop_expired_copies(now)
+    return ids
+
+
 def expire_batch(now: datetime) -> tuple[list[int], bool]:
     """One batch of the sweep: at most EXPIRY_BATCH session requests and as many OTP access
     requests time out; sealed copies of expired one-time passwords go. The session
