@@ -193,24 +193,56 @@ def init_commands(app: Flask) -> None:
     @click.option("--wait/--no-wait", default=True,
                   help="When another scheduler holds the lock, wait for it (default).")
     def scheduler_command(wait: bool) -> None:
-        """Run the job process: request expiry and outbox delivery."""
-        import time
+        """Run the job process: request expiry, audit sealing and outbox delivery. On
+        PostgreSQL one is elected by an advisory lock; a standby waits on the lock itself
+        and takes over (start-up sweep at once) as soon as the running one's database
+        session ends."""
+        import signal
 
-        from portal.jobs import SchedulerLock, build_scheduler
+        from portal.jobs import SchedulerLock
 
+        def stop(signum, frame):  # SIGTERM stops as Ctrl+C does: the running job finishes
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
         lock = SchedulerLock(app)
-        while not lock.acquire():
-            if not wait:
-                raise click.ClickException("Another scheduler is running.")
-            click.echo("Another scheduler holds the lock; waiting…")
-            time.sleep(5)
-        click.echo("Scheduler running: expiry and outbox delivery. Ctrl+C stops it.")
         try:
-            build_scheduler(app, blocking=True).start()
+            while True:
+                if not lock.acquire(wait=False):
+                    if not wait:
+                        raise click.ClickException("Another scheduler is running.")
+                    click.echo("Another scheduler holds the lock; standing by.")
+                    lock.acquire(wait=True)
+                if not _run_scheduler(lock):
+                    return
+                lock.release()
+                click.echo("Lost the scheduler lock (its database connection is gone); "
+                           "standing by again.", err=True)
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
             lock.release()
+
+    def _run_scheduler(lock) -> bool:
+        """Run the jobs while the lock is held: False once stopped, True if it was lost."""
+        import time
+
+        from portal.jobs import LOCK_CHECK_SECONDS, build_scheduler, take_over
+
+        if lock.is_elected:
+            take_over(app)
+        scheduler = build_scheduler(app)
+        scheduler.start()
+        click.echo("Scheduler running: expiry, audit sealing and outbox delivery. "
+                   "Ctrl+C stops it.")
+        try:
+            while lock.is_held():
+                time.sleep(LOCK_CHECK_SECONDS)
+            return True
+        except (KeyboardInterrupt, SystemExit):
+            return False
+        finally:
+            scheduler.shutdown(wait=True)
 
     @app.cli.group("audit", help="The audit trail.")
     def audit_group() -> None:

@@ -10,27 +10,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_STARTED
+from apscheduler.events import (EVENT_JOB_EXECUTED, EVENT_SCHEDULER_SHUTDOWN,
+                               EVENT_SCHEDULER_STARTED)
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlalchemy.exc import OperationalError
 
 from portal import clock, notifier
 from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
+from portal.models import OutboxMessage
 from portal.services import audit, decisions, otp, otp_requests
 from portal.services import mail as outbox
 
 log = logging.getLogger("portal.jobs")
 
-EXPIRY_INTERVAL_SECONDS = 0.5
+EXPIRY_INTERVAL_SECONDS = 0.5  # the longest the expiry job sleeps; deadlines wake it
+EXPIRY_BATCH = 200  # requests timed out per transaction (SQLite: per hold of the write lock)
+EXPIRY_JOB = "expire_requests"
+WAKE_MARGIN_SECONDS = 0.002  # wake just after a deadline, not a hair before it
 AUDIT_SEAL_INTERVAL_SECONDS = 0.5
 OUTBOX_INTERVAL_SECONDS = 2  # the sweep for retries; new mail wakes delivery at once
 OUTBOX_BATCH = 50
 ADVISORY_LOCK_KEY = 0x5E55_10A7  # "session gate" scheduler election
+LOCK_WAIT_SECONDS = 1  # a standby's wait on the lock, in slices a signal can end
+LOCK_CHECK_SECONDS = 1  # how often the running scheduler checks it still holds the lock
+# Server-side TCP keepalives on the lock's connection: if the holder's host vanishes
+# (no FIN, no RST), PostgreSQL ends its session, freeing the lock, in about 5 s.
+KEEPALIVES = {"tcp_keepalives_idle": 2, "tcp_keepalives_interval": 1,
+              "tcp_keepalives_count": 3}
 
 
 def _run(app: Flask, name: str, work):
@@ -50,19 +63,57 @@ def _run(app: Flask, name: str, work):
 
 
 def expire_overdue(now: datetime) -> list[int]:
-    """Session requests and OTP access requests past their deadline time out; sealed
-    copies of expired one-time passwords go. The session requests' ids."""
+    """Everything overdue at `now` times out, in the caller's transaction (one go, for a
+    caller with its own boundary); the job sweeps in batches (expire_requests). The
+    session requests' ids."""
     ids = decisions.expire_overdue(now)
     otp_requests.expire_overdue(now)
     otp.drop_expired_copies(now)
     return ids
 
 
+def expire_batch(now: datetime) -> tuple[list[int], bool]:
+    """One batch of the sweep: at most EXPIRY_BATCH session requests and as many OTP access
+    requests time out; sealed copies of expired one-time passwords go. The session
+    requests' ids, and whether more may be due."""
+    ids = decisions.expire_overdue(now, limit=EXPIRY_BATCH)
+    asks = otp_requests.expire_overdue(now, limit=EXPIRY_BATCH)
+    otp.drop_expired_copies(now)
+    return ids, max(len(ids), len(asks)) >= EXPIRY_BATCH
+
+
+def next_deadline(now: datetime) -> datetime | None:
+    """The earliest deadline still pending (session or OTP access request)."""
+    found = [d for d in (decisions.next_deadline(), otp_requests.next_deadline()) if d]
+    return min(found, default=None)
+
+
 def expire_requests(app: Flask) -> list[int]:
-    ids = _run(app, "expiry sweep", expire_overdue) or []
+    """The sweep: batch after batch, each committed on its own at a fresh `now`, so on
+    SQLite the write lock is held for one batch at a time and thousands falling due
+    together never stall the web workers' writes."""
+    ids: list[int] = []
+    while True:
+        done = _run(app, "expiry sweep", expire_batch)
+        if done is None:
+            break
+        ids += done[0]
+        if not done[1]:
+            break
     if ids:
-        log.info("timed out %d request(s): %s", len(ids), ids)
+        log.info("timed out %d request(s)", len(ids))
     return ids
+
+
+def _sweep(app: Flask) -> datetime | None:
+    """The expiry job: sweep, then say when (in APScheduler's real time) the next
+    deadline falls, for the listener to bring the next run forward to it."""
+    expire_requests(app)
+    upcoming = _run(app, "next deadline", next_deadline)
+    if upcoming is None:
+        return None
+    wait = (upcoming - clock.now(app)).total_seconds()
+    return datetime.now(timezone.utc) + timedelta(seconds=max(wait, 0) + WAKE_MARGIN_SECONDS)
 
 
 def seal_audit_trail(now: datetime) -> int:
@@ -175,49 +226,129 @@ def _wake_delivery_on_new_mail(app: Flask, scheduler) -> None:
 
 def build_scheduler(app: Flask, *, blocking: bool = False):
     """A scheduler with both jobs; a start-up sweep runs at once (catching whatever
-    expired while nothing was running), then the periodic ones."""
+    expired while nothing was running), then the periodic ones. The expiry job runs at
+    least every EXPIRY_INTERVAL_SECONDS and otherwise wakes at the next deadline (so a
+    request times out within milliseconds of it, and an idle sweep is two indexed reads)."""
     scheduler_class = BlockingScheduler if blocking else BackgroundScheduler
     scheduler = scheduler_class(timezone=timezone.utc,
                                 job_defaults={"coalesce": True, "max_instances": 1,
                                               "misfire_grace_time": 30})
     now = datetime.now(timezone.utc)  # APScheduler's own timing runs on real time
-    scheduler.add_job(expire_requests, "interval", args=[app], id="expire_requests",
+    scheduler.add_job(_sweep, "interval", args=[app], id=EXPIRY_JOB,
                       seconds=EXPIRY_INTERVAL_SECONDS, next_run_time=now)
     scheduler.add_job(seal_audit, "interval", args=[app], id="seal_audit",
                       seconds=AUDIT_SEAL_INTERVAL_SECONDS, next_run_time=now)
     scheduler.add_job(deliver_mail, "interval", args=[app], id="deliver_mail",
                       seconds=OUTBOX_INTERVAL_SECONDS, next_run_time=now)
+
+    def bring_forward(event) -> None:
+        # Called once the run is over (APScheduler counts it finished first), so the
+        # earlier run is never skipped as a second instance.
+        if event.job_id != EXPIRY_JOB or event.retval is None:
+            return
+        job = scheduler.get_job(EXPIRY_JOB)
+        if job is not None and job.next_run_time and event.retval < job.next_run_time:
+            try:
+                scheduler.modify_job(EXPIRY_JOB, next_run_time=event.retval)
+            except JobLookupError:  # shutting down
+                pass
+
+    scheduler.add_listener(bring_forward, EVENT_JOB_EXECUTED)
     _wake_delivery_on_new_mail(app, scheduler)
     return scheduler
 
 
+def release_claims(now: datetime) -> int:
+    """Taking over from a scheduler that died: the messages it had claimed but not sent
+    are due again at once (not after CLAIM_SECONDS). Only for the elected scheduler, which
+    is the only sender, so the claims it finds can only be a dead one's."""
+    return db.session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.status == "sending", OutboxMessage.next_attempt_at > now)
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)).rowcount
+
+
+def take_over(app: Flask) -> int:
+    """What the elected scheduler does before its first run: release a dead
+    predecessor's claims (the start-up sweep itself runs as the first expiry job)."""
+    released = _run(app, "take-over", release_claims) or 0
+    if released:
+        log.info("took over %d claimed message(s) from a stopped scheduler", released)
+    return released
+
+
 class SchedulerLock:
     """On PostgreSQL, hold a session-level advisory lock on a dedicated connection for the
-    life of the scheduler; on SQLite (one machine, the demo) there is nothing to elect."""
+    life of the scheduler; on SQLite (one machine, the demo) there is nothing to elect.
+
+    A standby waits on the lock itself, in slices of LOCK_WAIT_SECONDS (lock_timeout), so
+    it takes over the moment PostgreSQL ends the holder's session (a killed process's
+    socket is closed by the kernel at once; keepalives catch a vanished host), and a
+    signal still stops it between slices."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.connection = None
+        self.is_elected = False  # True once holding the PostgreSQL lock
 
-    def acquire(self) -> bool:
+    def acquire(self, wait: bool = False) -> bool:
         with self.app.app_context():
             engine = db.engine
             if engine.dialect.name != "postgresql":
                 return True
-            self.connection = engine.connect()
-            got = self.connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
-            ).scalar()
-            self.connection.commit()
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                got = self._lock(connection, wait)
+            except BaseException:
+                _close(connection)
+                raise
             if not got:
-                self.connection.close()
-                self.connection = None
-            return bool(got)
+                _close(connection)
+                return False
+            self.connection, self.is_elected = connection, True
+            return True
+
+    @staticmethod
+    def _lock(connection, wait: bool) -> bool:
+        for name, value in KEEPALIVES.items():  # the server's side of this session's socket
+            connection.execute(text(f"SET {name} = {int(value)}"))
+        key = {"key": ADVISORY_LOCK_KEY}
+        if connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+            return True
+        if not wait:
+            return False
+        connection.execute(text(f"SET lock_timeout = '{int(LOCK_WAIT_SECONDS * 1000)}ms'"))
+        while True:
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+            except OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                continue
+            connection.execute(text("SET lock_timeout = 0"))
+            return True
+
+    def is_held(self) -> bool:
+        """Whether the lock's connection is still there (PostgreSQL frees the lock with
+        it); always True where there is nothing to elect."""
+        if self.connection is None:
+            return not self.is_elected
+        try:
+            self.connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
 
     def release(self) -> None:
         if self.connection is not None:
-            # Really close the database session, which frees the lock: a plain close()
-            # would only hand the connection back to the pool, lock and all.
-            self.connection.invalidate()
-            self.connection.close()
+            _close(self.connection)
             self.connection = None
+        self.is_elected = False
+
+
+def _close(connection) -> None:
+    # Really close the database session, which frees the lock: a plain close() would only
+    # hand the connection back to the pool, lock and all.
+    connection.invalidate()
+    connection.close()

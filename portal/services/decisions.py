@@ -25,7 +25,8 @@ from portal.domain.errors import (
 from portal.domain.permissions import Action
 from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
-from portal.models import ApprovalLink, Department, Device, SessionRequest, User
+from portal.models import (ApprovalLink, Department, Device, OutboxMessage, SessionRequest,
+                           User)
 from portal.services import authz, crypto, mail
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event
@@ -39,6 +40,7 @@ from portal.services.requests import (
 from portal.unit_of_work import keep_changes
 
 OWN_REQUEST = "Nobody decides their own request: ask another approver."
+QUEUED_MAIL = ("pending", "sending")  # the outbox statuses mail.cancel_for_requests cancels
 LINK_ENDED = ("This link no longer works: its recipient is no longer among the "
               "department's approval recipients.")
 
@@ -252,24 +254,49 @@ def expire_one(req: SessionRequest, now: datetime) -> bool:
     return won
 
 
-def expire_overdue(now: datetime) -> list[int]:
-    """Move every overdue pending request to timed_out; one transition (and one audit
-    event) per request however many sweeps run at once. Every row is locked (requests in
-    one statement, then their mail) before the first audit event is written."""
-    ids = sorted(db.session.scalars(
+def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
+    """Move overdue pending requests (the `limit` earliest due, or all) to timed_out; one
+    transition (and one audit event) per request however many sweeps run at once. Found by
+    a read first (the (status, expires_at) index), so a sweep with nothing due writes
+    nothing and, on SQLite, takes no write lock; then one conditional UPDATE, which skips
+    whatever another sweep or a decision moved meanwhile, locks the requests before their
+    mail, and the audit events come last. Only the columns the events need are read."""
+    due = select(SessionRequest.id).where(SessionRequest.status == Status.PENDING.value,
+                                          SessionRequest.expires_at <= now)
+    if limit is not None:
+        due = due.order_by(SessionRequest.expires_at, SessionRequest.id).limit(limit)
+    candidates = list(db.session.scalars(due))
+    if not candidates:
+        return []
+    moved = sorted(db.session.execute(
         update(SessionRequest)
-        .where(SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at <= now)
+        .where(SessionRequest.id.in_(candidates),
+               SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at <= now)
         .values(status=Status.TIMED_OUT.value, decided_at=now)
-        .returning(SessionRequest.id)
-        .execution_options(synchronize_session=False)
-    ))
-    if not ids:
-        return ids
-    mail.cancel_for_requests(ids)
-    for req in db.session.scalars(
-            select(SessionRequest).where(SessionRequest.id.in_(ids))
-            .options(joinedload(SessionRequest.device))
-            .order_by(SessionRequest.id)
-            .execution_options(populate_existing=True)):
-        audit_request(req, "request.timed_out", SYSTEM, now)
+        .returning(SessionRequest.id, SessionRequest.department_id, SessionRequest.device_id)
+        .execution_options(synchronize_session=False)).all())
+    if not moved:
+        return []
+    ids = [row.id for row in moved]
+    # Only mail still queued needs cancelling: a sent, failed or cancelled message was
+    # redacted when it left the queue, so loading it (bodies and all) would change nothing.
+    queued = sorted(set(db.session.scalars(
+        select(OutboxMessage.request_id).where(OutboxMessage.request_id.in_(ids),
+                                               OutboxMessage.status.in_(QUEUED_MAIL)))))
+    if queued:
+        mail.cancel_for_requests(queued)
+    names = dict(db.session.execute(select(Device.id, Device.name).where(
+        Device.id.in_(sorted({row.device_id for row in moved})))).all())
+    for row in moved:  # the details audit_request writes, without loading each request
+        record_event(actor=SYSTEM, action="request.timed_out", target_type="session_request",
+                     target_id=row.id, department_id=row.department_id, now=now,
+                     details={"request_id": row.id, "device": names[row.device_id]})
     return ids
+
+
+def next_deadline() -> datetime | None:
+    """When the earliest pending request falls due (one indexed read), for the sweep to
+    wake then."""
+    return db.session.scalar(
+        select(SessionRequest.expires_at).where(SessionRequest.status == Status.PENDING.value)
+        .order_by(SessionRequest.expires_at).limit(1))

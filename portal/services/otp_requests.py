@@ -27,6 +27,7 @@ from portal.extensions import db
 from portal.models import ApprovalLink, Device, Membership, OtpAccessRequest, User
 from portal.services import accounts, authz, crypto, directory, mail
 from portal.services.actors import SYSTEM, Actor
+from portal.services.audit import record_event
 from portal.services.decisions import OWN_REQUEST, check_link_holder
 from portal.services.otp import (
     audit_otp,
@@ -266,22 +267,44 @@ def expire_one(ask: OtpAccessRequest, now: datetime) -> bool:
     return won
 
 
-def expire_overdue(now: datetime) -> list[int]:
-    """Every overdue pending OTP access request → timed_out, once (the expiry job)."""
-    ids = sorted(db.session.scalars(
+def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
+    """Overdue pending OTP access requests (the `limit` earliest due, or all) → timed_out,
+    once (the expiry job). Found by a read first, so nothing due writes nothing; then one
+    conditional UPDATE; only the columns the audit events need are read."""
+    due = select(OtpAccessRequest.id).where(OtpAccessRequest.status == AccessStatus.PENDING.value,
+                                            OtpAccessRequest.expires_at <= now)
+    if limit is not None:
+        due = due.order_by(OtpAccessRequest.expires_at, OtpAccessRequest.id).limit(limit)
+    candidates = list(db.session.scalars(due))
+    if not candidates:
+        return []
+    moved = sorted(db.session.execute(
         update(OtpAccessRequest)
-        .where(OtpAccessRequest.status == AccessStatus.PENDING.value,
+        .where(OtpAccessRequest.id.in_(candidates),
+               OtpAccessRequest.status == AccessStatus.PENDING.value,
                OtpAccessRequest.expires_at <= now)
         .values(status=AccessStatus.TIMED_OUT.value, decided_at=now)
-        .returning(OtpAccessRequest.id)
-        .execution_options(synchronize_session=False)))
-    for ask_id in ids:
-        mail.cancel_for_otp_request(ask_id)
-    for ask in db.session.scalars(
-            select(OtpAccessRequest).where(OtpAccessRequest.id.in_(ids))
-            .order_by(OtpAccessRequest.id).execution_options(populate_existing=True)):
-        audit_ask(ask, "otp.timed_out", SYSTEM, now)
-    return ids
+        .returning(OtpAccessRequest.id, OtpAccessRequest.device_id)
+        .execution_options(synchronize_session=False)).all())
+    for row in moved:
+        mail.cancel_for_otp_request(row.id)
+    devices = {d.id: d for d in db.session.execute(
+        select(Device.id, Device.name, Device.department_id)
+        .where(Device.id.in_(sorted({row.device_id for row in moved}))))}
+    for row in moved:  # the event audit_ask writes, without loading each request
+        device = devices[row.device_id]
+        record_event(actor=SYSTEM, action="otp.timed_out", target_type="otp_request",
+                     target_id=row.id, department_id=device.department_id, now=now,
+                     details={"device": device.name, "otp_request_id": row.id})
+    return [row.id for row in moved]
+
+
+def next_deadline() -> datetime | None:
+    """When the earliest pending OTP access request falls due (one indexed read)."""
+    return db.session.scalar(
+        select(OtpAccessRequest.expires_at)
+        .where(OtpAccessRequest.status == AccessStatus.PENDING.value)
+        .order_by(OtpAccessRequest.expires_at).limit(1))
 
 
 def get_for_device(device: Device, request_id: int) -> OtpAccessRequest:

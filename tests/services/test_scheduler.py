@@ -4,13 +4,15 @@ scheduler at all a late decision is still refused (security.md 9, 11; design.md
 "Production shape"). Real threads, the real clock; the database is polled, never slept on."""
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
 import pytest
 from factories import NOW, PASSWORD, sealed_trail_check
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
+from portal import jobs
 from portal.clock import SystemClock
 from portal.extensions import db
 from portal.jobs import SchedulerLock, build_scheduler
@@ -201,3 +203,105 @@ def test_late_prompt_answer_through_the_api_is_410(app, client, device_token):
     assert (after.get_json()["status"], after.get_json()["decided_by"]) == ("timed_out", None)
     assert after.get_json()["checks"] == {"end_user": "timed_out", "email": "timed_out"}
     assert timed_out_events(request_id) == 1
+
+
+# --- expiry at scale, failover ------------------------------------------------------
+
+
+def test_a_sweep_times_out_batch_after_batch_once_each(app, qa, monkeypatch):
+    monkeypatch.setattr(jobs, "EXPIRY_BATCH", 3)
+    overdue = [new_request(utcnow() - timedelta(hours=2)) for _ in range(8)]
+    waiting = new_request(utcnow())
+    assert sorted(jobs.expire_requests(app)) == sorted(overdue)  # 3 + 3 + 2, one sweep
+    assert set(statuses(overdue).values()) == {"timed_out"}
+    assert statuses([waiting]) == {waiting: "pending"}
+    assert [timed_out_events(i) for i in overdue] == [1] * 8
+    assert jobs.expire_requests(app) == []  # a second sweep finds nothing
+    assert sealed_trail_check()[1] is None
+
+
+def test_a_sweep_with_nothing_due_only_reads_the_requests(app, qa):
+    new_request(utcnow())
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement.split(None, 3)[:3])
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        assert jobs.expire_requests(app) == []
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    writes = [s for s in seen if s[0] in ("UPDATE", "INSERT", "DELETE")]
+    assert not [s for s in writes if "session_requests" in s or "otp_access_requests" in s]
+
+
+def test_the_expiry_job_wakes_at_the_next_deadline(app, qa, start_scheduler, monkeypatch):
+    monkeypatch.setattr(jobs, "EXPIRY_INTERVAL_SECONDS", 30)  # the periodic run: too late
+    request_id = new_request(utcnow())
+    set_deadline(request_id, utcnow() + timedelta(seconds=1))
+    start_scheduler()  # its start-up sweep learns the deadline
+    wait_until(lambda: statuses([request_id])[request_id] == "timed_out", timeout=3)
+    req = db.session.get(SessionRequest, request_id)
+    assert req.expires_at <= req.decided_at <= req.expires_at + timedelta(seconds=0.5)
+    assert timed_out_events(request_id) == 1
+
+
+def test_taking_over_makes_a_dead_schedulers_claims_due_at_once(app, qa):
+    request_id = new_request(utcnow())
+    now = utcnow()
+    db.session.execute(update(OutboxMessage).where(OutboxMessage.request_id == request_id)
+                       .values(status="sending", next_attempt_at=now + timedelta(minutes=2)))
+    db.session.commit()
+    assert jobs.take_over(app) == 1
+    db.session.expire_all()
+    message = db.session.scalars(select(OutboxMessage).where(
+        OutboxMessage.request_id == request_id)).one()
+    assert message.status == "sending" and message.next_attempt_at <= utcnow()
+    assert jobs.take_over(app) == 0
+
+
+@pytest.mark.postgres
+def test_a_standby_waits_on_the_lock_and_gets_it_when_freed(app):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the advisory lock exists on PostgreSQL only")
+    holder, standby = SchedulerLock(app), SchedulerLock(app)
+    got: list[float] = []
+    try:
+        assert holder.acquire() is True
+        thread = threading.Thread(target=lambda: got.append(
+            standby.acquire(wait=True) and time.monotonic()))
+        thread.start()
+        time.sleep(1.5)  # longer than one slice of the wait
+        assert got == [] and holder.is_held()
+        freed = time.monotonic()
+        holder.release()
+        thread.join(timeout=5)
+        assert got and got[0] - freed < 0.5  # not the next slice: the moment it is free
+        assert standby.is_elected and standby.is_held()
+        assert SchedulerLock(app).acquire() is False
+    finally:
+        holder.release()
+        standby.release()
+
+
+@pytest.mark.postgres
+def test_concurrent_batched_sweeps_time_each_request_out_once(app, qa, monkeypatch):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("concurrent sweeps need PostgreSQL")
+    monkeypatch.setattr(jobs, "EXPIRY_BATCH", 7)
+    overdue = [new_request(utcnow() - timedelta(hours=2)) for _ in range(40)]
+    barrier, swept = threading.Barrier(3), []
+
+    def sweep():
+        barrier.wait(timeout=10)
+        swept.append(jobs.expire_requests(app))
+
+    threads = [threading.Thread(target=sweep) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(i for found in swept for i in found) == sorted(overdue)
+    assert [timed_out_events(i) for i in overdue] == [1] * 40
+    assert sealed_trail_check()[1] is None
