@@ -110,7 +110,10 @@ def _page_of_rows(query: Select, limit: int, key: Callable[[Any], str]) -> Page:
     return Page(rows, key(rows[-1]) if more and rows else None)
 
 
-def _before(started, row_id, before: str | None):
+def before_key(started, row_id, before: str | None):
+    """The condition for rows after the page key `before` in (time, id) newest-first
+    order, or None for no (or no valid) key. The audit log's filters can use these
+    three helpers on (occurred_at, seq)."""
     key = parse_time_key(before)
     if key is None:
         return None
@@ -118,7 +121,7 @@ def _before(started, row_id, before: str | None):
     return or_(started < at, and_(started == at, row_id < after_id))
 
 
-def _dates(started, log_filter: LogFilter) -> list:
+def date_conditions(started, log_filter: LogFilter) -> list:
     where = []
     if log_filter.starts_at is not None:
         where.append(started >= log_filter.starts_at)
@@ -127,7 +130,7 @@ def _dates(started, log_filter: LogFilter) -> list:
     return where
 
 
-def _state(ended, log_filter: LogFilter) -> list:
+def state_conditions(ended, log_filter: LogFilter) -> list:
     if log_filter.choice == "running":
         return [ended.is_(None)]
     if log_filter.choice == "ended":
@@ -147,8 +150,8 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
         .join(Device, Device.id == RemoteSession.device_id)
         .join(User, User.id == SessionRequest.technician_id)
         .where(SessionRequest.department_id == department_id,
-               *_dates(RemoteSession.started_at, log_filter),
-               *_state(RemoteSession.ended_at, log_filter))
+               *date_conditions(RemoteSession.started_at, log_filter),
+               *state_conditions(RemoteSession.ended_at, log_filter))
         .order_by(RemoteSession.started_at.desc(), RemoteSession.id.desc()))
     if log_filter.device:
         query = query.where(func.lower(Device.name) == log_filter.device.lower())
@@ -157,7 +160,7 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
         query = query.where(or_(func.lower(User.email) == person,
                                 func.lower(SessionRequest.run_as) == person,
                                 func.lower(SessionRequest.decided_by) == person))
-    after = _before(RemoteSession.started_at, RemoteSession.id, before)
+    after = before_key(RemoteSession.started_at, RemoteSession.id, before)
     if after is not None:
         query = query.where(after)
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.started_at, row.id))
@@ -178,8 +181,8 @@ def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: s
         .join(Device, Device.id == ClientSession.device_id)
         .outerjoin(OneTimePassword, OneTimePassword.id == ClientSession.otp_id)
         .where(ClientSession.department_id == department_id,
-               *_dates(ClientSession.started_at, log_filter),
-               *_state(ClientSession.ended_at, log_filter))
+               *date_conditions(ClientSession.started_at, log_filter),
+               *state_conditions(ClientSession.ended_at, log_filter))
         .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()))
     if log_filter.device:
         query = query.where(func.lower(Device.name) == log_filter.device.lower())
@@ -187,7 +190,7 @@ def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: s
         person = log_filter.person.lower()
         query = query.where(or_(func.lower(ClientSession.username) == person,
                                 func.lower(ClientSession.email) == person))
-    after = _before(ClientSession.started_at, ClientSession.id, before)
+    after = before_key(ClientSession.started_at, ClientSession.id, before)
     if after is not None:
         query = query.where(after)
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.ClientSession.started_at,
