@@ -175,6 +175,7 @@ def register_blueprints(app: Flask) -> None:
     from portal.web.members.views import bp as members_bp
     from portal.web.outbox.views import bp as outbox_bp
     from portal.web.requests.views import bp as requests_bp
+    from portal.web.sessions.views import bp as sessions_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(main_bp)
@@ -184,6 +185,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(requests_bp)
     app.register_blueprint(approvals_bp)
     app.register_blueprint(outbox_bp)
+    app.register_blueprint(sessions_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, no cookies
 

@@ -68,7 +68,7 @@ def demo_token(secret_key: str, name: str) -> str:
 
 def seed(app) -> list[tuple[str, str]]:
     """Create whatever of the demo data is missing; return (label, token) pairs."""
-    from portal.models import ApiToken, Device
+    from portal.models import ApiToken, Device, RemoteSession
     from portal.services import accounts, crypto, departments, devices
     from portal.services.actors import Actor
 
@@ -100,6 +100,9 @@ def seed(app) -> list[tuple[str, str]]:
                                        if accounts.find_user(email) else DEMO_PASSWORD,
                                        role=role, department=department, actor=actor, now=now)
 
+    if db.session.scalar(select(RemoteSession.id).limit(1)) is None:
+        seed_sessions(now)
+
     tokens = []
     key = app.config["SECRET_KEY"]
     owners = [("technician@example.com (user token)", accounts.find_user("technician@example.com"),
@@ -116,6 +119,68 @@ def seed(app) -> list[tuple[str, str]]:
         tokens.append((label, token))
     db.session.flush()
     return tokens
+
+
+def seed_sessions(now) -> None:
+    """QA Team's Sessions page, so an auditor finds something there: two ended remote
+    sessions (approved by an exclusion and by an approver), one still running, and a
+    client session opened with a one-time password an approver granted — each through
+    the services the pages and the agent API call, at times before `now`."""
+    from datetime import timedelta
+
+    from portal.domain import otp as otp_rules
+    from portal.models import OneTimePassword
+    from portal.services import accounts, agents, crypto, decisions, devices, otp
+    from portal.services import otp_requests, requests
+    from portal.services.actors import Actor
+
+    technician = accounts.find_user("technician@example.com")
+    tech_actor = Actor.for_user(technician, "10.20.9.14")
+
+    def remote(device_name, asked, *, approver=None, run_as=None, ended=None):
+        device = devices.find_device(device_name)
+        agent = Actor(label=f"device:{device_name}", client_ip=device.ip_address or "")
+        req = requests.create_session_request(
+            technician=technician, device_name=device_name, run_as=run_as, actor=tech_actor,
+            now=asked, base_url="http://127.0.0.1:5000")
+        if approver is not None:
+            user = accounts.find_user(approver)
+            decisions.decide_in_portal(user=user, request_id=req.id, decision="allow",
+                                       actor=Actor.for_user(user, "10.20.9.30"),
+                                       now=asked + timedelta(seconds=40),
+                                       user_agent="Mozilla/5.0 (demo)")
+        session = agents.start_remote_session(device=device, request_id=req.id, actor=agent,
+                                              now=asked + timedelta(minutes=1))
+        if ended is not None:
+            agents.end_remote_session(device=device, session_id=session.id, actor=agent,
+                                      now=ended)
+
+    remote("BUILD-AGENT-01", now - timedelta(hours=3), ended=now - timedelta(hours=2, minutes=20))
+    remote("WIN-0859G9I39J0", now - timedelta(hours=26), approver="approver@example.com",
+           run_as="Administrator", ended=now - timedelta(hours=25, minutes=25))
+    remote("ubuntu-qa-03", now - timedelta(minutes=26), approver="qa-admin@example.com",
+           run_as="root")
+
+    laptop = devices.find_device("WIN-QA-LAPTOP-02")
+    agent = Actor(label=f"device:{laptop.name}", client_ip=laptop.ip_address or "")
+    asked = now - timedelta(hours=1)
+    answer = otp_requests.request_otp(device=laptop, username="mlee",
+                                      email="m.lee@example.com", actor=agent, now=asked,
+                                      base_url="http://127.0.0.1:5000")
+    approver = accounts.find_user("approver@example.com")
+    otp_requests.decide_in_portal(user=approver, request_id=answer.request_id,
+                                  decision="approve", now=asked + timedelta(minutes=1),
+                                  actor=Actor.for_user(approver, "10.20.9.30"),
+                                  user_agent="Mozilla/5.0 (demo)")
+    code = db.session.scalars(select(OneTimePassword).where(
+        OneTimePassword.access_request_id == answer.request_id)).one()
+    typed = crypto.open_code(otp_rules.binding(laptop.id, "mlee", "m.lee@example.com"),
+                             code.code_ciphertext)
+    session = otp.verify_otp(device=laptop, username="mlee", email="m.lee@example.com",
+                             password=typed, actor=agent, now=asked + timedelta(minutes=3))
+    otp.end_client_session(device=laptop, session_id=session.id, actor=agent,
+                           now=asked + timedelta(minutes=40))
+    db.session.flush()
 
 
 @click.command("demo")

@@ -91,6 +91,12 @@ class ApprovalLink(db.Model):
 
 class RemoteSession(db.Model):
     __tablename__ = "remote_sessions"
+    __table_args__ = (
+        # The Sessions page: newest first, a page at a time by (started_at, id), and the
+        # same for one device.
+        Index("ix_remote_sessions_started_at_id", "started_at", "id"),
+        Index("ix_remote_sessions_device_id_started_at", "device_id", "started_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     request_id: Mapped[int] = mapped_column(

@@ -82,3 +82,37 @@
     if (words && region) region.textContent = words;
   });
 })();
+
+/* Session logs: a running session's duration ticks on from the seconds the server
+   counted (every load starts again from the server's figure), and every UTC <time>
+   shows the viewer's local time on hover. */
+(function () {
+  "use strict";
+  var loaded = Date.now();
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function durationText(seconds) {  // as portal.domain.log_filters.duration_text
+    var h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+    if (h) return h + " h " + pad(m) + " min " + pad(s) + " s";
+    if (m) return m + " min " + pad(s) + " s";
+    return s + " s";
+  }
+  function tick() {
+    var gone = Math.floor((Date.now() - loaded) / 1000);
+    document.querySelectorAll("[data-elapsed-seconds]").forEach(function (el) {
+      var base = parseInt(el.getAttribute("data-elapsed-seconds"), 10) || 0;
+      var text = durationText(base + gone);
+      if (el.textContent !== text) el.textContent = text;
+    });
+  }
+  function localTimes() {
+    document.querySelectorAll("time[datetime]").forEach(function (el) {
+      if (el.title) return;
+      var at = new Date(el.getAttribute("datetime"));
+      if (!isNaN(at)) el.title = at.toLocaleString() + " (your local time)";
+    });
+  }
+  setInterval(tick, 500);
+  document.addEventListener("DOMContentLoaded", function () { tick(); localTimes(); });
+  document.addEventListener("htmx:afterSettle", localTimes);
+})();
