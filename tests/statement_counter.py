@@ -12,6 +12,7 @@ import re
 from sqlalchemy import event
 
 _AUDIT_TABLE = re.compile(r"\baudit_\w+")
+_NOTIFY = re.compile(r"^SELECT pg_notify\(", re.IGNORECASE)
 
 
 def is_audit_statement(statement: str) -> bool:
@@ -47,9 +48,16 @@ class StatementLog:
         return [s for s in self.statements if is_audit_statement(s)]
 
     @property
+    def notifications(self) -> list[str]:
+        """PostgreSQL only: the one `SELECT pg_notify(…)` a commit that changed a request or
+        queued mail sends, to wake long-polls and the outbox (portal/notifier.py)."""
+        return [s for s in self.statements if _NOTIFY.match(s)]
+
+    @property
     def own(self) -> list[str]:
-        """The statements that are not the audit trail's."""
-        return [s for s in self.statements if not is_audit_statement(s)]
+        """The statements that are neither the audit trail's nor the commit's NOTIFY."""
+        return [s for s in self.statements
+                if not is_audit_statement(s) and not _NOTIFY.match(s)]
 
     @property
     def writes(self) -> list[str]:

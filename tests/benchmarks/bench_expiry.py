@@ -154,6 +154,7 @@ def start_scheduler(app, uri: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PORTAL_SECRET_KEY": app.config["SECRET_KEY"],
            "PORTAL_TOKEN_HASH_KEY": app.config["TOKEN_HASH_KEY"],
+           "PORTAL_AUDIT_KEY": app.config["AUDIT_KEY"],
            "PORTAL_SQLALCHEMY_DATABASE_URI": uri}
     proc = subprocess.Popen([str(BIN / "flask"), "--app", "portal", "scheduler"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -251,6 +252,7 @@ def main(argv=None) -> int:
         uri = args.database_uri or "sqlite:///" + str(Path(tmp) / "bench.sqlite3")
         app = create_app({"SECRET_KEY": secrets.token_urlsafe(48),
                           "TOKEN_HASH_KEY": secrets.token_urlsafe(48),
+                          "AUDIT_KEY": secrets.token_urlsafe(48),
                           "SQLALCHEMY_DATABASE_URI": uri, "BASE_URL": "http://portal.bench",
                           "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST_KIB": 8,
                           "ARGON2_PARALLELISM": 1})

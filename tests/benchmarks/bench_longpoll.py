@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="portal-longpoll-") as tmp:
         uri = args.database_uri or "sqlite:///" + str(Path(tmp) / "bench.sqlite3")
         keys = {"SECRET_KEY": secrets.token_urlsafe(48),
-                "TOKEN_HASH_KEY": secrets.token_urlsafe(48)}
+                "TOKEN_HASH_KEY": secrets.token_urlsafe(48),
+                "AUDIT_KEY": secrets.token_urlsafe(48)}
         app = create_app({**keys, "SQLALCHEMY_DATABASE_URI": uri,
                           "BASE_URL": "http://portal.bench"})
         tag = uuid.uuid4().hex[:6]
@@ -297,6 +298,7 @@ def main(argv=None) -> int:
         smtp.start()
         env = {**os.environ, "PORTAL_SECRET_KEY": keys["SECRET_KEY"],
                "PORTAL_TOKEN_HASH_KEY": keys["TOKEN_HASH_KEY"],
+               "PORTAL_AUDIT_KEY": keys["AUDIT_KEY"],
                "PORTAL_SQLALCHEMY_DATABASE_URI": uri, "PORTAL_BASE_URL": "http://portal.bench",
                "PORTAL_MAIL_SERVER": "127.0.0.1", "PORTAL_MAIL_PORT": str(smtp.port),
                "PORTAL_MAIL_DEFAULT_SENDER": "gate@portal.bench",

@@ -99,6 +99,7 @@ def env(app, smtp):
         "PYTHONUNBUFFERED": "1",
         "PORTAL_SECRET_KEY": app.config["SECRET_KEY"],
         "PORTAL_TOKEN_HASH_KEY": app.config["TOKEN_HASH_KEY"],
+        "PORTAL_AUDIT_KEY": app.config["AUDIT_KEY"],
         "PORTAL_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
         "PORTAL_MAIL_SERVER": "127.0.0.1",
         "PORTAL_MAIL_PORT": str(smtp.port),
