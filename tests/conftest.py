@@ -7,6 +7,7 @@ import os
 
 import directory_server
 import pytest
+from smtp_server import SmtpServer
 from factories import TEST_CONFIG, AuthActions, Factory
 from flask.testing import FlaskClient
 from sqlalchemy import event, text
@@ -112,6 +113,23 @@ def interleave(app):
     event.listen(db.engine, "before_cursor_execute", before)
     yield lambda prefix, other: armed.append((prefix, other))
     event.remove(db.engine, "before_cursor_execute", before)
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd) on loopback, for the test's mail to arrive at."""
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_config(smtp) -> dict:
+    """The settings that send the app's mail to `smtp` (Flask-Mail suppresses sending
+    under TESTING unless told otherwise); a module's `app_config` adds its own."""
+    return {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port, "MAIL_SUPPRESS_SEND": False,
+            "MAIL_DEFAULT_SENDER": "Session Gate <gate@portal.test>"}
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -35,6 +36,7 @@ SECRET_KEYS = frozenset({"password", "token", "otp", "code", "secret", "password
 SECRET_WORDS = ("password", "token", "secret", "otp")
 
 
+@lru_cache(maxsize=4096)  # a handful of distinct keys, checked for every event
 def is_secret_key(key: str) -> bool:
     key = key.lower()
     return key in SECRET_KEYS or any(word in key for word in SECRET_WORDS)

@@ -29,7 +29,7 @@ from portal.models import (ApprovalLink, Department, Device, OutboxMessage, Sess
                            User)
 from portal.services import authz, crypto, mail
 from portal.services.actors import SYSTEM, Actor
-from portal.services.audit import record_event
+from portal.services.audit import record_event, record_events
 from portal.services.requests import (
     MAX_REASON,
     audit_request,
@@ -287,10 +287,12 @@ def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
         mail.cancel_for_requests(queued)
     names = dict(db.session.execute(select(Device.id, Device.name).where(
         Device.id.in_(sorted({row.device_id for row in moved})))).all())
-    for row in moved:  # the details audit_request writes, without loading each request
-        record_event(actor=SYSTEM, action="request.timed_out", target_type="session_request",
-                     target_id=row.id, department_id=row.department_id, now=now,
-                     details={"request_id": row.id, "device": names[row.device_id]})
+    # The details audit_request writes, without loading each request; one bulk insert.
+    record_events([{"actor": SYSTEM, "action": "request.timed_out",
+                    "target_type": "session_request", "target_id": row.id,
+                    "department_id": row.department_id, "now": now,
+                    "details": {"request_id": row.id, "device": names[row.device_id]}}
+                   for row in moved])
     return ids
 
 

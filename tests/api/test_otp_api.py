@@ -8,7 +8,6 @@ from datetime import timedelta
 import pytest
 from api_setup import assert_error, bearer
 from factories import NOW, PASSWORD
-from smtp_server import SmtpServer
 from sqlalchemy import func, select, text
 
 from portal.clock import FixedClock
@@ -27,17 +26,8 @@ LINK_IN_MAIL = re.compile(r"Check Request: http://portal\.test(/approvals/\S+)")
 
 
 @pytest.fixture
-def smtp():
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app_config(smtp):
-    return {"CLOCK": FixedClock(NOW), "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port,
-            "MAIL_SUPPRESS_SEND": False}
+def app_config(smtp_config):
+    return {**smtp_config, "CLOCK": FixedClock(NOW)}
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import pytest
 from agent_process import AGENT_TIMEOUT, ServedApp, Terminal, agent_env, agent_path
 from agent_process import portal_url  # noqa: F401 (a fixture)
 from factories import PASSWORD
-from smtp_server import SmtpServer
 from sqlalchemy import func, select, update
 
 from portal.extensions import db
@@ -38,16 +37,8 @@ def utcnow() -> datetime:
 
 
 @pytest.fixture
-def smtp():
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app_config(smtp):
-    return {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port, "MAIL_SUPPRESS_SEND": False}
+def app_config(smtp_config):
+    return smtp_config
 
 
 class LoginScreen:

@@ -181,6 +181,19 @@ async def hold(port: int, path: str, token: str, started: asyncio.Event) -> tupl
     return answered, json.loads(body)["status"]
 
 
+async def settle(counts: Counts, quiet: float = 1.0, longest: float = 60.0) -> None:
+    """Wait until a whole `quiet` second passes with (almost) no new statements."""
+    give_up = time.monotonic() + longest
+    await asyncio.sleep(3)
+    before = counts.workers()[0]
+    while time.monotonic() < give_up:
+        await asyncio.sleep(quiet)
+        now = counts.workers()[0]
+        if now - before <= 2:
+            return
+        before = now
+
+
 def longpolls(app, info, port: int, counts: Counts, n: int, window: float) -> dict:
     with app.app_context():
         ids = make_pending(info, n)
@@ -193,7 +206,9 @@ def longpolls(app, info, port: int, counts: Counts, n: int, window: float) -> di
                                                 info["token"], ev))
                  for rid, ev in zip(ids, started)}
         await asyncio.gather(*(ev.wait() for ev in started))
-        await asyncio.sleep(3)  # every GET has made its first reads and sleeps
+        # Every GET has made its first reads and sleeps once the workers' statement count
+        # stops growing (500 requests starting at once queue for the pool's connections).
+        await settle(counts)
         q0, p0, x0, t0 = *counts.workers(), counts.transactions(), time.monotonic()
         await asyncio.sleep(window)
         q1, p1, x1, t1 = *counts.workers(), counts.transactions(), time.monotonic()

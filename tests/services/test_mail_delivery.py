@@ -8,7 +8,6 @@ from datetime import timedelta
 
 import pytest
 from factories import NOW, PASSWORD
-from smtp_server import SmtpServer
 from sqlalchemy import func, select
 
 from portal.extensions import db
@@ -27,18 +26,8 @@ utcnow = SystemClock()
 
 
 @pytest.fixture
-def smtp():
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def mail_settings(smtp):
-    """Flask-Mail suppresses sending under TESTING unless told otherwise."""
-    return {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port, "MAIL_SUPPRESS_SEND": False,
-            "MAIL_DEFAULT_SENDER": SENDER}
+def mail_settings(smtp_config):
+    return {**smtp_config, "MAIL_DEFAULT_SENDER": SENDER}
 
 
 @pytest.fixture

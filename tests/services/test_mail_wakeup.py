@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from smtp_server import SmtpServer
 from sqlalchemy import select
 
 from portal import jobs
@@ -21,17 +20,8 @@ R1, R2 = "first-approver@example.com", "second-approver@example.com"
 
 
 @pytest.fixture
-def smtp():
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app_config(smtp):
-    return {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port, "MAIL_SUPPRESS_SEND": False,
-            "MAIL_DEFAULT_SENDER": "Session Gate <gate@portal.test>"}
+def app_config(smtp_config):
+    return smtp_config
 
 
 @pytest.fixture

@@ -210,6 +210,7 @@ def test_late_prompt_answer_through_the_api_is_410(app, client, device_token):
 
 def test_a_sweep_times_out_batch_after_batch_once_each(app, qa, monkeypatch):
     monkeypatch.setattr(jobs, "EXPIRY_BATCH", 3)
+    monkeypatch.setattr(jobs, "EXPIRY_BATCH_POSTGRESQL", 3)
     overdue = [new_request(utcnow() - timedelta(hours=2)) for _ in range(8)]
     waiting = new_request(utcnow())
     assert sorted(jobs.expire_requests(app)) == sorted(overdue)  # 3 + 3 + 2, one sweep
@@ -290,6 +291,7 @@ def test_concurrent_batched_sweeps_time_each_request_out_once(app, qa, monkeypat
     if db.engine.dialect.name != "postgresql":
         pytest.skip("concurrent sweeps need PostgreSQL")
     monkeypatch.setattr(jobs, "EXPIRY_BATCH", 7)
+    monkeypatch.setattr(jobs, "EXPIRY_BATCH_POSTGRESQL", 7)
     overdue = [new_request(utcnow() - timedelta(hours=2)) for _ in range(40)]
     barrier, swept = threading.Barrier(3), []
 

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import pytest
 from factories import NOW
-from smtp_server import SmtpServer
 from sqlalchemy import select
 
 from portal.clock import FixedClock
@@ -36,22 +35,13 @@ APPROVER_IP = "203.0.113.5"
 
 
 @pytest.fixture
-def smtp():
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def clock():
     return FixedClock(NOW)
 
 
 @pytest.fixture
-def app_config(smtp, clock):
-    return {"CLOCK": clock, "MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port,
-            "MAIL_SUPPRESS_SEND": False, "MAIL_DEFAULT_SENDER": "gate@portal.test"}
+def app_config(smtp_config, clock):
+    return {**smtp_config, "CLOCK": clock, "MAIL_DEFAULT_SENDER": "gate@portal.test"}
 
 
 @pytest.fixture
