@@ -231,7 +231,7 @@ def demo_command(host: str, port: int, no_serve: bool) -> None:
 
     scheduler = build_scheduler(app)  # in-process: expiry and outbox delivery
     scheduler.start()
-    click.echo("Scheduler running in-process (expiry, outbox).")
+    click.echo("Scheduler running in-process (expiry, audit sealing, outbox).")
     try:
         # Threaded, so a held long-poll never blocks other requests.
         run_simple(host, port, app, threaded=True, use_reloader=False)

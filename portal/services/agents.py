@@ -10,9 +10,10 @@ from sqlalchemy.orm import joinedload
 from portal.domain.requests import EndUserCheck, Status
 from portal.extensions import db
 from portal.models import Device, RemoteSession, SessionRequest
+from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
+from portal.services import transitions
 from portal.services.actors import Actor
 from portal.services.audit import record_event
-from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 
 MAX_USERNAME = 256
 
@@ -111,16 +112,8 @@ def start_remote_session(*, device: Device, request_id, actor: Actor,
 
 def end_remote_session(*, device: Device, session_id: int, actor: Actor,
                        now: datetime) -> RemoteSession:
-    session = db.session.get(RemoteSession, session_id)
-    if session is None or session.device_id != device.id:
-        raise NotFoundError("No such session on this device.")
-    won = db.session.execute(
-        update(RemoteSession)
-        .where(RemoteSession.id == session.id, RemoteSession.ended_at.is_(None))
-        .values(ended_at=now).execution_options(synchronize_session=False)).rowcount == 1
-    db.session.expire(session)
-    if not won:
-        raise ConflictError("This session has already ended.")
+    session = transitions.end_once(RemoteSession, device=device, session_id=session_id,
+                                   now=now, what="session")
     req = db.session.get(SessionRequest, session.request_id)
     record_event(actor=actor, action="session.ended", target_type="session_request",
                  target_id=req.id, department_id=req.department_id, now=now,

@@ -27,7 +27,7 @@ from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
 from portal.models import (ApprovalLink, Department, Device, OutboxMessage, SessionRequest,
                            User)
-from portal.services import authz, crypto, mail
+from portal.services import authz, crypto, mail, transitions
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event, record_events
 from portal.services.requests import (
@@ -240,13 +240,7 @@ def cancel_request(*, user: User, request_id: int, actor: Actor, now: datetime
 
 
 def expire_one(req: SessionRequest, now: datetime) -> bool:
-    won = db.session.execute(
-        update(SessionRequest)
-        .where(SessionRequest.id == req.id, SessionRequest.status == Status.PENDING.value,
-               SessionRequest.expires_at <= now)
-        .values(status=Status.TIMED_OUT.value, decided_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    won = transitions.time_out_one(SessionRequest, req.id, now)
     db.session.expire(req)
     if won:
         mail.cancel_for_request(req.id)
@@ -256,25 +250,11 @@ def expire_one(req: SessionRequest, now: datetime) -> bool:
 
 def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
     """Move overdue pending requests (the `limit` earliest due, or all) to timed_out; one
-    transition (and one audit event) per request however many sweeps run at once. Found by
-    a read first (the (status, expires_at) index), so a sweep with nothing due writes
-    nothing and, on SQLite, takes no write lock; then one conditional UPDATE, which skips
-    whatever another sweep or a decision moved meanwhile, locks the requests before their
-    mail, and the audit events come last. Only the columns the events need are read."""
-    due = select(SessionRequest.id).where(SessionRequest.status == Status.PENDING.value,
-                                          SessionRequest.expires_at <= now)
-    if limit is not None:
-        due = due.order_by(SessionRequest.expires_at, SessionRequest.id).limit(limit)
-    candidates = list(db.session.scalars(due))
-    if not candidates:
-        return []
-    moved = sorted(db.session.execute(
-        update(SessionRequest)
-        .where(SessionRequest.id.in_(candidates),
-               SessionRequest.status == Status.PENDING.value, SessionRequest.expires_at <= now)
-        .values(status=Status.TIMED_OUT.value, decided_at=now)
-        .returning(SessionRequest.id, SessionRequest.department_id, SessionRequest.device_id)
-        .execution_options(synchronize_session=False)).all())
+    transition (and one audit event) per request however many sweeps run at once
+    (transitions.time_out_due). The requests are locked before their mail, and the audit
+    events come last. Only the columns the events need are read."""
+    moved = transitions.time_out_due(SessionRequest, now, limit, SessionRequest.department_id,
+                                     SessionRequest.device_id)
     if not moved:
         return []
     ids = [row.id for row in moved]
@@ -297,8 +277,4 @@ def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
 
 
 def next_deadline() -> datetime | None:
-    """When the earliest pending request falls due (one indexed read), for the sweep to
-    wake then."""
-    return db.session.scalar(
-        select(SessionRequest.expires_at).where(SessionRequest.status == Status.PENDING.value)
-        .order_by(SessionRequest.expires_at).limit(1))
+    return transitions.next_deadline(SessionRequest)

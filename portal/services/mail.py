@@ -132,23 +132,20 @@ def cancel_for_request(request_id: int) -> None:
     cancel_for_requests([request_id])
 
 
-def cancel_for_otp_request(otp_request_id: int) -> None:
-    """The OTP access request is over: its approval emails go, links redacted."""
-    for message in db.session.scalars(
-            select(OutboxMessage).where(OutboxMessage.otp_request_id == otp_request_id)
-            .order_by(OutboxMessage.id)):
-        if message.status in ("pending", "sending"):
-            message.status = "cancelled"
-        redact(message)
-    db.session.flush()
+def cancel_for_otp_requests(otp_request_ids: list[int]) -> None:
+    """The OTP access requests are over: their approval emails go, links redacted."""
+    _cancel_where(OutboxMessage.otp_request_id.in_(otp_request_ids))
 
 
 def cancel_for_requests(request_ids: list[int]) -> None:
     """The requests are over: undelivered mail about them is not sent any more, and every
     copy of their links' secrets is redacted (rows locked in id order)."""
-    for message in db.session.scalars(
-            select(OutboxMessage).where(OutboxMessage.request_id.in_(request_ids))
-            .order_by(OutboxMessage.id)):
+    _cancel_where(OutboxMessage.request_id.in_(request_ids))
+
+
+def _cancel_where(condition) -> None:
+    for message in db.session.scalars(select(OutboxMessage).where(condition)
+                                      .order_by(OutboxMessage.id)):
         if message.status in ("pending", "sending"):
             message.status = "cancelled"
         redact(message)

@@ -20,7 +20,6 @@ from portal.domain import otp as rules
 from portal.domain.errors import (
     ConflictError,
     InvalidInputError,
-    NotFoundError,
     OtpDisabledError,
     TooSoonError,
 )
@@ -34,7 +33,7 @@ from portal.models import (
     OtpAccessRequest,
     OtpFailureCounter,
 )
-from portal.services import authz, crypto, mail
+from portal.services import authz, crypto, mail, transitions
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.services.requests import MAX_REASON, clean_text
@@ -301,16 +300,8 @@ def drop_expired_copies(now: datetime) -> int:
 
 def end_client_session(*, device: Device, session_id: int, actor: Actor,
                        now: datetime) -> ClientSession:
-    session = db.session.get(ClientSession, session_id)
-    if session is None or session.device_id != device.id:
-        raise NotFoundError("No such client session on this device.")
-    won = db.session.execute(
-        update(ClientSession)
-        .where(ClientSession.id == session.id, ClientSession.ended_at.is_(None))
-        .values(ended_at=now).execution_options(synchronize_session=False)).rowcount == 1
-    db.session.expire(session)
-    if not won:
-        raise ConflictError("This client session has already ended.")
+    session = transitions.end_once(ClientSession, device=device, session_id=session_id,
+                                   now=now, what="client session")
     audit_otp(device, "client_session.ended", actor, now, target_type="client_session",
               target_id=session.id, user_name=session.user_name)
     return session

@@ -25,9 +25,9 @@ from portal.domain.otp import AccessStatus, Issuer, Route
 from portal.domain.permissions import Action, roles_allowed
 from portal.extensions import db
 from portal.models import ApprovalLink, Device, Membership, OtpAccessRequest, User
-from portal.services import accounts, authz, crypto, directory, mail
+from portal.services import accounts, authz, crypto, directory, mail, transitions
 from portal.services.actors import SYSTEM, Actor
-from portal.services.audit import record_event
+from portal.services.audit import record_events
 from portal.services.decisions import OWN_REQUEST, check_link_holder
 from portal.services.otp import (
     audit_otp,
@@ -242,7 +242,7 @@ def _decide(ask: OtpAccessRequest, approve: bool, *, decided_by: str, comment,
                 keep_changes()
             raise ExpiredError("This request has expired.")
         raise AlreadyDecidedError("This request has already been decided.")
-    mail.cancel_for_otp_request(ask.id)
+    mail.cancel_for_otp_requests([ask.id])
     audit_ask(ask, f"otp.{status.value}", actor, now, decided_by=decided_by,
               comment=comment, **details)
     if approve:  # an approval's code counts for the interval, but isn't held to it
@@ -253,58 +253,37 @@ def _decide(ask: OtpAccessRequest, approve: bool, *, decided_by: str, comment,
 
 
 def expire_one(ask: OtpAccessRequest, now: datetime) -> bool:
-    won = db.session.execute(
-        update(OtpAccessRequest)
-        .where(OtpAccessRequest.id == ask.id,
-               OtpAccessRequest.status == AccessStatus.PENDING.value,
-               OtpAccessRequest.expires_at <= now)
-        .values(status=AccessStatus.TIMED_OUT.value, decided_at=now)
-        .execution_options(synchronize_session=False)).rowcount == 1
+    won = transitions.time_out_one(OtpAccessRequest, ask.id, now)
     db.session.expire(ask)
     if won:
-        mail.cancel_for_otp_request(ask.id)
+        mail.cancel_for_otp_requests([ask.id])
         audit_ask(ask, "otp.timed_out", SYSTEM, now)
     return won
 
 
 def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
     """Overdue pending OTP access requests (the `limit` earliest due, or all) → timed_out,
-    once (the expiry job). Found by a read first, so nothing due writes nothing; then one
-    conditional UPDATE; only the columns the audit events need are read."""
-    due = select(OtpAccessRequest.id).where(OtpAccessRequest.status == AccessStatus.PENDING.value,
-                                            OtpAccessRequest.expires_at <= now)
-    if limit is not None:
-        due = due.order_by(OtpAccessRequest.expires_at, OtpAccessRequest.id).limit(limit)
-    candidates = list(db.session.scalars(due))
-    if not candidates:
+    once (the expiry job; transitions.time_out_due). Only the columns the audit events
+    need are read; the events go in one bulk insert."""
+    moved = transitions.time_out_due(OtpAccessRequest, now, limit, OtpAccessRequest.device_id)
+    if not moved:
         return []
-    moved = sorted(db.session.execute(
-        update(OtpAccessRequest)
-        .where(OtpAccessRequest.id.in_(candidates),
-               OtpAccessRequest.status == AccessStatus.PENDING.value,
-               OtpAccessRequest.expires_at <= now)
-        .values(status=AccessStatus.TIMED_OUT.value, decided_at=now)
-        .returning(OtpAccessRequest.id, OtpAccessRequest.device_id)
-        .execution_options(synchronize_session=False)).all())
-    for row in moved:
-        mail.cancel_for_otp_request(row.id)
+    mail.cancel_for_otp_requests([row.id for row in moved])
     devices = {d.id: d for d in db.session.execute(
         select(Device.id, Device.name, Device.department_id)
         .where(Device.id.in_(sorted({row.device_id for row in moved}))))}
-    for row in moved:  # the event audit_ask writes, without loading each request
-        device = devices[row.device_id]
-        record_event(actor=SYSTEM, action="otp.timed_out", target_type="otp_request",
-                     target_id=row.id, department_id=device.department_id, now=now,
-                     details={"device": device.name, "otp_request_id": row.id})
+    # The event audit_ask writes, without loading each request.
+    record_events([{"actor": SYSTEM, "action": "otp.timed_out", "target_type": "otp_request",
+                    "target_id": row.id, "now": now,
+                    "department_id": devices[row.device_id].department_id,
+                    "details": {"device": devices[row.device_id].name,
+                                "otp_request_id": row.id}}
+                   for row in moved])
     return [row.id for row in moved]
 
 
 def next_deadline() -> datetime | None:
-    """When the earliest pending OTP access request falls due (one indexed read)."""
-    return db.session.scalar(
-        select(OtpAccessRequest.expires_at)
-        .where(OtpAccessRequest.status == AccessStatus.PENDING.value)
-        .order_by(OtpAccessRequest.expires_at).limit(1))
+    return transitions.next_deadline(OtpAccessRequest)
 
 
 def get_for_device(device: Device, request_id: int) -> OtpAccessRequest:

@@ -366,3 +366,15 @@ def test_secrets_in_details_never_reach_the_trail(app):
     for secret in ("482913", "hunter22", "tok-123", "s-456", "000111"):
         assert secret not in dumped
     assert verify_audit_chain() == (1, None)
+
+
+def test_an_idle_sealing_run_reads_two_rows_and_writes_nothing(app):
+    """Twice a second: with nothing waiting it must not take SQLite's write lock (nor wake
+    whoever watches the database for commits)."""
+    from statement_counter import StatementLog
+
+    record(2)
+    with StatementLog(db.engine) as log:
+        assert seal_all() == 0
+    assert log.writes == [], log.listing()
+    assert len(log.statements) == 2, log.listing()
