@@ -25,8 +25,7 @@ from portal import clock, notifier
 from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
 from portal.models import OutboxMessage
-from portal.services import audit, decisions, otp, otp_requests
-from portal.services import mail as outbox
+from portal.services import audit, decisions, delivery, otp, otp_requests
 
 log = logging.getLogger("portal.jobs")
 
@@ -149,46 +148,43 @@ def seal_audit(app: Flask) -> int:
     return _run(app, "audit sealing", work) or 0
 
 
-def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> outbox.DeliveryReport:
-    """Send what is due, committing the claim first and then after each message (a job
-    boundary): a crash never loses a recorded delivery, and a message is sent at most once
-    per claim. Needs an app context."""
-    report = outbox.DeliveryReport()
-    claimed = outbox.claim_due(now, limit)
+def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.DeliveryReport:
+    """Send what is due over one SMTP connection, committing the claim first and then each
+    outcome as it happens (a job boundary): a crash never loses a recorded delivery, and a
+    message is sent at most once per claim. Needs an app context."""
+    report = delivery.DeliveryReport()
+    claimed = delivery.claim_due(now, limit)
     db.session.commit()  # the claim is visible before the slow part
     if not claimed:
         return report
     try:
-        connection = outbox.connect()
+        connection = delivery.connect()
     except Exception as exc:  # SMTP down: everything claimed is retried later
-        outbox.defer_all(claimed, exc, now, report)
+        delivery.defer_all(claimed, exc, now, report)
         db.session.commit()
         return report
     try:
-        for message_id in claimed:
-            outbox.deliver_one(message_id, connection, now, report)
+        for item in delivery.load_claimed(claimed, now):
+            delivery.deliver_one(item, connection, now, report)
             db.session.commit()
     finally:
-        outbox.disconnect(connection)
+        delivery.disconnect(connection)
     return report
 
 
 _delivering = threading.Lock()  # the sweep and the wake-up take turns in a process
 
 
-def deliver_mail(app: Flask) -> outbox.DeliveryReport | None:
+def deliver_mail(app: Flask) -> delivery.DeliveryReport | None:
     """Deliver batches until what is due is done (a full batch means more may wait)."""
-    total = outbox.DeliveryReport()
+    total = delivery.DeliveryReport()
     with _delivering:
         while True:
             report = _run(app, "outbox delivery", deliver_outbox)
             if report is None:
                 return None
-            for name in ("sent", "retried", "failed", "cancelled"):
-                getattr(total, name).extend(getattr(report, name))
-            handled = (len(report.sent) + len(report.retried) + len(report.failed)
-                       + len(report.cancelled))
-            if handled < OUTBOX_BATCH:
+            total.add(report)
+            if report.handled < OUTBOX_BATCH:
                 break
     if total.sent or total.failed or total.retried:
         log.info("outbox: sent %s, retrying %s, failed %s", total.sent, total.retried,

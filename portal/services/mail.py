@@ -1,34 +1,21 @@
-"""The outbox: emails are written in the transaction that causes them and delivered by a
-job over SMTP, retried with backoff on temporary failures (RFC 5321 §4.5.4.1), marked
-failed on permanent ones, never sent once their request is over."""
+"""The outbox: emails are written in the transaction that causes them (here) and delivered
+by a job over SMTP (portal.services.delivery), retried with backoff on temporary
+failures, marked failed on permanent ones, never sent once their request is over."""
 from __future__ import annotations
 
 import re
-import smtplib
 import unicodedata
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from flask import current_app, render_template
-from flask_mail import Message
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 
 from portal.domain import otp as otp_rules
 from portal.domain import requests as rules
-from portal.extensions import db, mail
-from portal.models import OneTimePassword, OtpAccessRequest, OutboxMessage, SessionRequest
+from portal.extensions import db
+from portal.models import OneTimePassword, OutboxMessage, SessionRequest
 from portal.services import crypto
-from portal.services.actors import SYSTEM
-from portal.services.audit import record_event
 from portal.services.pages import Page, fetch_page
-
-MAX_ATTEMPTS = 12
-CLAIM_SECONDS = 120  # a claimed message whose sender died is retried after this
-
-
-def backoff(attempts: int) -> timedelta:
-    """5 s, 10 s, 20 s … capped at 10 minutes."""
-    return timedelta(seconds=min(5 * 2 ** max(attempts - 1, 0), 600))
 
 
 def approval_url(base_url: str, token: str) -> str:
@@ -108,10 +95,16 @@ CODE_PLACEHOLDER = "[[one-time password]]"
 _LINK_TOKEN = re.compile(r"(/approvals/)[A-Za-z0-9_\-]+")
 
 
+def redacted(body: str) -> str:
+    """A body without the approval link's secret (kept once the message is out of the
+    queue)."""
+    return _LINK_TOKEN.sub(r"\1(redacted)", body)
+
+
 def redact(message: OutboxMessage) -> None:
     """Once a message is out of the queue, its copy of the approval link's secret goes."""
-    message.body_text = _LINK_TOKEN.sub(r"\1(redacted)", message.body_text)
-    message.body_html = _LINK_TOKEN.sub(r"\1(redacted)", message.body_html)
+    message.body_text = redacted(message.body_text)
+    message.body_html = redacted(message.body_html)
 
 
 CHECK_REQUEST = "Check Request: "
@@ -152,84 +145,11 @@ def _cancel_where(condition) -> None:
     db.session.flush()
 
 
-@dataclass
-class DeliveryReport:
-    sent: list[int] = field(default_factory=list)
-    retried: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-    cancelled: list[int] = field(default_factory=list)
-
-
 def is_configured() -> bool:
     return bool(current_app.config.get("MAIL_SERVER"))
 
 
-def _permanent(exc: Exception) -> bool:
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        return all(code >= 500 for code, _ in exc.recipients.values())
-    code = getattr(exc, "smtp_code", None)
-    return isinstance(code, int) and code >= 500
-
-
-def claim_due(now: datetime, limit: int = 50) -> list[int]:
-    """Claim what is due for sending (each message by one conditional UPDATE, so two
-    senders never claim the same one). The caller commits the claim before sending."""
-    if not is_configured():
-        return []
-    due = list(db.session.scalars(
-        select(OutboxMessage.id)
-        .where(OutboxMessage.status.in_(("pending", "sending")),
-               OutboxMessage.next_attempt_at <= now)
-        .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)))
-    claimed = []
-    for message_id in due:
-        won = db.session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == message_id,
-                   OutboxMessage.status.in_(("pending", "sending")),
-                   OutboxMessage.next_attempt_at <= now)
-            .values(status="sending", next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
-            .execution_options(synchronize_session=False)).rowcount == 1
-        if won:
-            claimed.append(message_id)
-    return claimed
-
-
-def connect():
-    """An open SMTP connection (Flask-Mail's), or the exception that prevented it."""
-    connection = mail.connect()
-    connection.__enter__()
-    return connection
-
-
-def disconnect(connection) -> None:
-    try:
-        connection.__exit__(None, None, None)
-    except Exception:  # the server hung up first: nothing left to close
-        pass
-
-
-def defer_all(message_ids: list[int], exc: Exception, now: datetime,
-              report: DeliveryReport) -> None:
-    """SMTP could not be reached: every claimed message is retried later (or fails)."""
-    for message_id in message_ids:
-        _retry_or_fail(db.session.get(OutboxMessage, message_id), exc, now, report)
-    db.session.flush()
-
-
-def _is_over(message: OutboxMessage, now: datetime) -> bool:
-    """Whether what the message asks about was decided or expired meanwhile."""
-    if message.request_id:
-        req = db.session.get(SessionRequest, message.request_id)
-        return req.status != rules.Status.PENDING.value or now >= req.expires_at
-    if message.otp_request_id and not message.otp_id:
-        ask = db.session.get(OtpAccessRequest, message.otp_request_id)
-        return otp_rules.effective_access_status(ask.status, ask.expires_at, now) \
-            is not otp_rules.AccessStatus.PENDING
-    return False
-
-
-def code_of(message: OutboxMessage, now: datetime) -> str | None:
+def code_of(message, now: datetime) -> str | None:
     """The one-time password a queued message is to carry, while it still works (its
     sealed copy is dropped once the code is used or expires)."""
     otp = db.session.get(OneTimePassword, message.otp_id)
@@ -237,72 +157,6 @@ def code_of(message: OutboxMessage, now: datetime) -> str | None:
         return None
     return crypto.open_code(otp_rules.binding(otp.device_id, otp.username, otp.email),
                             otp.code_ciphertext)
-
-
-def deliver_one(message_id: int, connection, now: datetime, report: DeliveryReport) -> None:
-    """Send one claimed message, unless its request is over or its one-time password no
-    longer works (then it is cancelled)."""
-    message = db.session.get(OutboxMessage, message_id)
-    code = code_of(message, now) if message.otp_id else None
-    if _is_over(message, now) or (message.otp_id and code is None):
-        message.status = "cancelled"
-        redact(message)
-        report.cancelled.append(message.id)
-        db.session.flush()
-        return
-    body_text, body_html = message.body_text, message.body_html
-    if code is not None:
-        body_text = body_text.replace(CODE_PLACEHOLDER, code)
-        body_html = body_html.replace(CODE_PLACEHOLDER, code)
-    try:
-        connection.send(Message(
-            subject=message.subject, recipients=[message.recipient],
-            body=body_text, html=body_html,
-            sender=current_app.config["MAIL_DEFAULT_SENDER"]))
-    except Exception as exc:
-        _retry_or_fail(message, exc, now, report)
-    else:
-        message.status = "sent"
-        message.sent_at = now
-        message.attempts += 1
-        message.last_error = None
-        redact(message)
-        report.sent.append(message.id)
-        _audit(message, "email.sent", now)
-    db.session.flush()
-
-
-def _retry_or_fail(message: OutboxMessage, exc: Exception, now: datetime,
-                   report: DeliveryReport) -> None:
-    message.attempts += 1
-    message.last_error = f"{type(exc).__name__}: {exc}"[:1000]
-    if _permanent(exc) or message.attempts >= MAX_ATTEMPTS:
-        message.status = "failed"
-        redact(message)
-        report.failed.append(message.id)
-        _audit(message, "email.failed", now, outcome="failure", error=message.last_error)
-    else:
-        message.status = "pending"
-        message.next_attempt_at = now + backoff(message.attempts)
-        report.retried.append(message.id)
-
-
-def _audit(message: OutboxMessage, action: str, now: datetime, *, outcome: str = "success",
-           **details) -> None:
-    if message.request_id:
-        target_type, target_id = "session_request", message.request_id
-    elif message.otp_request_id:
-        target_type, target_id = "otp_request", message.otp_request_id
-    else:
-        target_type, target_id = "outbox_message", message.id
-    # Where a one-time password went is shown masked, as to the device.
-    recipient = otp_rules.mask_email(message.recipient) if message.otp_id else message.recipient
-    record_event(actor=SYSTEM, action=action, target_type=target_type, target_id=target_id,
-                 department_id=message.department_id, now=now, outcome=outcome,
-                 details={"request_id": message.request_id,
-                          "otp_request_id": message.otp_request_id,
-                          "recipient": recipient, "message_id": message.id,
-                          "attempts": message.attempts, **details})
 
 
 def outbox_bodies(messages: list[OutboxMessage], now: datetime) -> dict[int, str]:

@@ -5,6 +5,7 @@ when no mail server is configured (security.md 1, 8, 22-24)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from email import message_from_bytes, policy
 
 import pytest
 from factories import NOW, PASSWORD
@@ -14,7 +15,7 @@ from portal.extensions import db
 from portal.clock import SystemClock
 from portal.jobs import deliver_mail, deliver_outbox
 from portal.models import ApprovalLink, AuditEvent, OutboxMessage, SessionRequest
-from portal.services import accounts, departments
+from portal.services import accounts, delivery, departments
 from portal.services import mail as outbox
 from portal.services.actors import CLI
 
@@ -126,6 +127,30 @@ def sign_in(app, email):
     return client
 
 
+# --- the message on the wire -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sender", ["Session Gate <gate@portal.test>",
+                                    ("Sitzungstor Zürich", "gate@portal.test")])
+def test_the_wire_message_encodes_names_and_never_carries_a_second_header(app, sender):
+    data = delivery.mime_bytes(
+        sender=sender, recipient="approver@example.com",
+        subject="Remote session request for PC-Zürich\r\nBcc: evil@example.com",
+        body_text="Check Request: http://portal.test/approvals/x\n",
+        body_html="<p>Zürich</p>", now=NOW)
+    assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")  # CRLF only
+    email = message_from_bytes(data, policy=policy.default)
+    assert email["Subject"] == "Remote session request for PC-Zürich Bcc: evil@example.com"
+    assert email["Bcc"] is None and email["To"] == "approver@example.com"
+    assert email["From"].addresses[0].addr_spec == "gate@portal.test"
+    if isinstance(sender, tuple):
+        assert email["From"].addresses[0].display_name == "Sitzungstor Zürich"
+    assert email["Message-ID"].endswith("@portal.test>")
+    assert email["Date"].datetime == NOW.replace(microsecond=0)
+    assert email.get_content_type() == "multipart/alternative"
+    assert email.get_body(preferencelist=("html",)).get_content() == "<p>Zürich</p>"
+
+
 # --- the whole flow ---------------------------------------------------------------------
 
 
@@ -138,7 +163,7 @@ def test_each_recipient_gets_one_email_and_the_first_allow_wins(app, client, smt
     email = smtp.handler.received_by(R1)[0]
     assert email["Subject"] == f"Remote session request for {DEVICE}"
     assert email["From"] == SENDER and email["To"] == R1
-    assert email.is_multipart()  # Flask-Mail: multipart/mixed around the alternative
+    assert email.is_multipart()
     parts = [part.get_content_type() for part in email.walk()]
     assert "multipart/alternative" in parts
     assert parts.count("text/plain") == 1 and parts.count("text/html") == 1

@@ -1,0 +1,258 @@
+"""Outbox delivery: claim what is due, send it over one SMTP connection per batch, record
+each outcome. Retries back off on temporary failures (RFC 5321 §4.5.4.1), permanent ones
+fail at once, and mail whose request is over is cancelled, never sent. The job in
+portal.jobs is the boundary: it commits the claim, then each outcome as it happens.
+
+Per batch: one UPDATE … RETURNING claims it, one query loads the messages with the state of
+what they are about; per message: the MIME bytes (built with the standard library's
+compat32 generator, a tenth of the cost of Flask-Mail's `policy.SMTP` refolding of every
+header), one SMTP transaction, one UPDATE and one audit insert."""
+from __future__ import annotations
+
+import smtplib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from datetime import datetime, timedelta
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.utils import format_datetime, make_msgid, parseaddr
+
+from flask import current_app
+from flask_mail import sanitize_address
+from sqlalchemy import select, update
+
+from portal.domain import otp as otp_rules
+from portal.domain import requests as rules
+from portal.extensions import db, mail
+from portal.models import OtpAccessRequest, OutboxMessage, SessionRequest
+from portal.services.actors import SYSTEM
+from portal.services.audit import record_event
+from portal.services.mail import CODE_PLACEHOLDER, code_of, is_configured, one_line, redacted
+
+MAX_ATTEMPTS = 12
+CLAIM_SECONDS = 120  # a claimed message whose sender died is retried after this
+CLAIMABLE = ("pending", "sending")
+_WIRE = compat32.clone(linesep="\r\n")
+
+
+def backoff(attempts: int) -> timedelta:
+    """5 s, 10 s, 20 s … capped at 10 minutes."""
+    return timedelta(seconds=min(5 * 2 ** max(attempts - 1, 0), 600))
+
+
+@dataclass
+class DeliveryReport:
+    sent: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    @property
+    def handled(self) -> int:
+        return len(self.sent) + len(self.retried) + len(self.failed) + len(self.cancelled)
+
+    def add(self, other: DeliveryReport) -> None:
+        for name in ("sent", "retried", "failed", "cancelled"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+def _permanent(exc: Exception) -> bool:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in exc.recipients.values())
+    code = getattr(exc, "smtp_code", None)
+    return isinstance(code, int) and code >= 500
+
+
+def claim_due(now: datetime, limit: int = 50) -> list[int]:
+    """Claim what is due for sending, in one conditional UPDATE … RETURNING: two senders
+    never claim the same message (on PostgreSQL the second skips rows the first has locked;
+    on SQLite writers take turns). The caller commits the claim before sending."""
+    if not is_configured():
+        return []
+    due = (select(OutboxMessage.id)
+           .where(OutboxMessage.status.in_(CLAIMABLE), OutboxMessage.next_attempt_at <= now)
+           .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit))
+    if db.engine.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    claimed = db.session.scalars(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(due.scalar_subquery()),
+               OutboxMessage.status.in_(CLAIMABLE), OutboxMessage.next_attempt_at <= now)
+        .values(status="sending", next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False))
+    return sorted(claimed)
+
+
+@dataclass
+class Outgoing:
+    """A claimed message as it was loaded (plain values: the per-message commits expire
+    nothing here and reload nothing)."""
+    id: int
+    request_id: int | None
+    otp_request_id: int | None
+    otp_id: int | None
+    department_id: int | None
+    recipient: str
+    subject: str
+    body_text: str
+    body_html: str
+    attempts: int
+    is_over: bool  # what it asks about was decided or expired meanwhile
+
+
+def load_claimed(message_ids: list[int], now: datetime) -> list[Outgoing]:
+    """The claimed messages in id order, each with whether its request is over — one query."""
+    m = OutboxMessage
+    rows = db.session.execute(
+        select(m.id, m.request_id, m.otp_request_id, m.otp_id, m.department_id, m.recipient,
+               m.subject, m.body_text, m.body_html, m.attempts,
+               SessionRequest.status.label("req_status"),
+               SessionRequest.expires_at.label("req_expires_at"),
+               OtpAccessRequest.status.label("ask_status"),
+               OtpAccessRequest.expires_at.label("ask_expires_at"))
+        .outerjoin(SessionRequest, SessionRequest.id == m.request_id)
+        .outerjoin(OtpAccessRequest, OtpAccessRequest.id == m.otp_request_id)
+        .where(m.id.in_(message_ids)).order_by(m.id))
+    loaded = []
+    for row in rows:
+        if row.request_id:
+            over = row.req_status != rules.Status.PENDING.value or now >= row.req_expires_at
+        elif row.otp_request_id and not row.otp_id:
+            over = otp_rules.effective_access_status(row.ask_status, row.ask_expires_at, now) \
+                is not otp_rules.AccessStatus.PENDING
+        else:
+            over = False
+        loaded.append(Outgoing(
+            id=row.id, request_id=row.request_id, otp_request_id=row.otp_request_id,
+            otp_id=row.otp_id, department_id=row.department_id, recipient=row.recipient,
+            subject=row.subject, body_text=row.body_text, body_html=row.body_html,
+            attempts=row.attempts, is_over=over))
+    return loaded
+
+
+def _record(message: Outgoing, **values) -> None:
+    db.session.execute(update(OutboxMessage).where(OutboxMessage.id == message.id)
+                       .values(**values).execution_options(synchronize_session=False))
+
+
+def _redacted(message: Outgoing) -> dict:
+    return {"body_text": redacted(message.body_text), "body_html": redacted(message.body_html)}
+
+
+def connect():
+    """An open SMTP connection (Flask-Mail's), or the exception that prevented it."""
+    connection = mail.connect()
+    connection.__enter__()
+    return connection
+
+
+def disconnect(connection) -> None:
+    try:
+        connection.__exit__(None, None, None)
+    except Exception:  # the server hung up first: nothing left to close
+        pass
+
+
+def defer_all(message_ids: list[int], exc: Exception, now: datetime,
+              report: DeliveryReport) -> None:
+    """SMTP could not be reached: every claimed message is retried later (or fails)."""
+    for message in load_claimed(message_ids, now):
+        _retry_or_fail(message, exc, now, report)
+
+
+@lru_cache(maxsize=64)
+def _address(address) -> tuple[str, str]:
+    """(the header form, the bare address for the envelope) of a sender or recipient:
+    Flask-Mail's sanitizer (IDNA domains, encoded names), once per address."""
+    header = sanitize_address(address if isinstance(address, str) else tuple(address))
+    return header, parseaddr(header)[1]
+
+
+def mime_bytes(*, sender: str, recipient: str, subject: str, body_text: str,
+               body_html: str, now: datetime) -> bytes:
+    """The message as SMTP carries it: multipart/alternative (text, then HTML), UTF-8,
+    addresses encoded by Flask-Mail's sanitizer, no header able to hold a line break."""
+    message = MIMEMultipart("alternative")
+    message.attach(MIMEText(body_text, "plain", "utf-8"))
+    message.attach(MIMEText(body_html, "html", "utf-8"))
+    subject = one_line(subject)
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
+    message["From"] = _address(sender)[0]
+    message["To"] = _address(one_line(recipient))[0]
+    message["Date"] = format_datetime(now)
+    domain = _address(sender)[1].rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(domain=domain)  # no DNS look-up per message
+    return message.as_bytes(policy=_WIRE)
+
+
+def send(connection, message: Outgoing, body_text: str, body_html: str,
+         now: datetime) -> None:
+    sender = current_app.config["MAIL_DEFAULT_SENDER"]
+    if not isinstance(sender, str):  # ("Name", "address"), as Flask-Mail allows
+        sender = tuple(sender)
+    data = mime_bytes(sender=sender, recipient=message.recipient, subject=message.subject,
+                      body_text=body_text, body_html=body_html, now=now)
+    if connection.host is not None:  # None: MAIL_SUPPRESS_SEND
+        connection.host.sendmail(_address(sender)[1],
+                                 [_address(one_line(message.recipient))[1]], data)
+
+
+def deliver_one(message: Outgoing, connection, now: datetime,
+                report: DeliveryReport) -> None:
+    """Send one claimed message, unless its request is over or its one-time password no
+    longer works (then it is cancelled)."""
+    code = code_of(message, now) if message.otp_id else None
+    if message.is_over or (message.otp_id and code is None):
+        _record(message, status="cancelled", **_redacted(message))
+        report.cancelled.append(message.id)
+        return
+    body_text, body_html = message.body_text, message.body_html
+    if code is not None:
+        body_text = body_text.replace(CODE_PLACEHOLDER, code)
+        body_html = body_html.replace(CODE_PLACEHOLDER, code)
+    try:
+        send(connection, message, body_text, body_html, now)
+    except Exception as exc:
+        _retry_or_fail(message, exc, now, report)
+    else:
+        message.attempts += 1
+        _record(message, status="sent", sent_at=now, attempts=message.attempts,
+                last_error=None, **_redacted(message))
+        report.sent.append(message.id)
+        _audit(message, "email.sent", now)
+
+
+def _retry_or_fail(message: Outgoing, exc: Exception, now: datetime,
+                   report: DeliveryReport) -> None:
+    message.attempts += 1
+    error = f"{type(exc).__name__}: {exc}"[:1000]
+    if _permanent(exc) or message.attempts >= MAX_ATTEMPTS:
+        _record(message, status="failed", attempts=message.attempts, last_error=error,
+                **_redacted(message))
+        report.failed.append(message.id)
+        _audit(message, "email.failed", now, outcome="failure", error=error)
+    else:
+        _record(message, status="pending", attempts=message.attempts, last_error=error,
+                next_attempt_at=now + backoff(message.attempts))
+        report.retried.append(message.id)
+
+
+def _audit(message: Outgoing, action: str, now: datetime, *, outcome: str = "success",
+           **details) -> None:
+    if message.request_id:
+        target_type, target_id = "session_request", message.request_id
+    elif message.otp_request_id:
+        target_type, target_id = "otp_request", message.otp_request_id
+    else:
+        target_type, target_id = "outbox_message", message.id
+    # Where a one-time password went is shown masked, as to the device.
+    recipient = otp_rules.mask_email(message.recipient) if message.otp_id else message.recipient
+    record_event(actor=SYSTEM, action=action, target_type=target_type, target_id=target_id,
+                 department_id=message.department_id, now=now, outcome=outcome,
+                 details={"request_id": message.request_id,
+                          "otp_request_id": message.otp_request_id,
+                          "recipient": recipient, "message_id": message.id,
+                          "attempts": message.attempts, **details})
