@@ -62,9 +62,14 @@ def department_ids_where(user: User, action: Action | str):
         Membership.user_id == user.id, Membership.role.in_(roles_allowed(action)))
 
 
-def department_for(user: User, department_id: int, action: Action | str) -> Department:
-    """The department, if the user may do `action` there."""
-    require(user, action, department_id, "You do not have access to this department.")
+def department_for(user: User, department_id: int, action: Action | str, *,
+                   roles: set[str] | None = None) -> Department:
+    """The department, if the user may do `action` there (`roles`: the user's roles there,
+    when the caller has read them already)."""
+    if roles is None:
+        require(user, action, department_id, "You do not have access to this department.")
+    elif not may(roles, action):
+        raise ForbiddenError("You do not have access to this department.")
     department = db.session.get(Department, department_id)
     if department is None:
         raise NotFoundError("No such department.")

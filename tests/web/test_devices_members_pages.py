@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from factories import PASSWORD
+from statement_counter import StatementLog
 
 from portal.extensions import db
 from portal.models import ApiToken, Device, DeviceGroup, Membership, User
@@ -364,3 +365,21 @@ def test_an_exact_page_has_no_next_link(client, admin, qa, make):
     make.device(qa, "dev-b")
     pages, urls = walk(client, f"/departments/{qa.id}/devices")
     assert pages == [["dev-a", "dev-b"]] and len(urls) == 1
+
+
+@pytest.mark.parametrize("role, edit, generate", [
+    ("department_admin", True, True), ("approver", False, True), ("auditor", False, False)])
+def test_the_device_page_offers_what_the_role_allows_reading_the_roles_once(
+        client, auth, qa, make, role, edit, generate):
+    device = make.device(qa, "WIN-ROLES-1")
+    make.user("viewer@example.com", role, qa)
+    assert auth.login("viewer@example.com").status_code == 303
+    with StatementLog(db.engine) as log:
+        response = client.get(f"/departments/{qa.id}/devices/{device.id}")
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert ("Edit this device" in body) is edit
+    assert ("Generate one-time password" in body) is generate
+    reads = [s for s in log.statements if "FROM memberships" in s]
+    # One for the page (its check and what it offers), one for the menu (every department).
+    assert len(reads) == 2 and sum("DISTINCT" in s for s in reads) == 1

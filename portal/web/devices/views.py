@@ -6,7 +6,7 @@ from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
 from portal.domain.errors import ConflictError, InvalidInputError
-from portal.domain.permissions import Action
+from portal.domain.permissions import Action, may
 from portal.services import authz, devices as service, otp
 from portal.web.common import (
     apply_errors,
@@ -72,32 +72,32 @@ def create(department_id: int):
     return _list_page(department, form, status=status)
 
 
-def _device_page(department, device, form, status=200):
+def _device_page(department, device, roles, form, status=200):
     return render_template(
         "devices/show.html", department=department, device=device, form=form,
         client_sessions=otp.client_sessions_of(device),
-        can_issue=authz.can(current_user, Action.ISSUE_OTP, department.id),
-        can_manage=authz.can(current_user, Action.MANAGE, department.id),
+        can_issue=may(roles, Action.ISSUE_OTP), can_manage=may(roles, Action.MANAGE),
         otp_allowed=department.settings.is_otp_allowed), status
 
 
 def _viewable_device(department_id: int, device_id: int):
-    """The device's page: for those who read the department and those who issue codes."""
-    action = (Action.VIEW if authz.can(current_user, Action.VIEW, department_id)
-              else Action.ISSUE_OTP)
-    department = department_or_403(department_id, action)
-    return department, service.get_device(department, device_id)
+    """The device's page: for those who read the department and those who issue codes.
+    The viewer's roles there are read once, for the check and for what the page offers."""
+    roles = authz.roles_in(current_user, department_id)
+    action = Action.VIEW if may(roles, Action.VIEW) else Action.ISSUE_OTP
+    department = authz.department_for(current_user, department_id, action, roles=roles)
+    return department, service.get_device(department, device_id), roles
 
 
 @bp.get("/devices/<int:device_id>")
 def show(department_id: int, device_id: int):
-    department, device = _viewable_device(department_id, device_id)
-    return _device_page(department, device, GenerateOtpForm(formdata=None))
+    department, device, roles = _viewable_device(department_id, device_id)
+    return _device_page(department, device, roles, GenerateOtpForm(formdata=None))
 
 
 @bp.post("/devices/<int:device_id>/otp")
 def generate_otp(department_id: int, device_id: int):
-    department, device = _viewable_device(department_id, device_id)
+    department, device, roles = _viewable_device(department_id, device_id)
     form = GenerateOtpForm()
     if form.validate_on_submit():
         try:
@@ -114,7 +114,7 @@ def generate_otp(department_id: int, device_id: int):
                         f"{sent.otp.expires_at.strftime('%H:%M UTC')}.",
                         url_for("devices.show", department_id=department.id,
                                 device_id=device.id))
-    return _device_page(department, device, form, status=422)
+    return _device_page(department, device, roles, form, status=422)
 
 
 @bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])
