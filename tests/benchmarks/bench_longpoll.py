@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -257,7 +258,18 @@ def mail(app, info, port: int, env: dict, seconds: float, smtp: SmtpServer,
     processes.append(subprocess.Popen([str(BIN / "flask"), "--app", "portal", "scheduler"],
                                       env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-    time.sleep(3)
+    # The scheduler is up, and through the backlog of the long-poll phase (its audit
+    # events to seal, its mail to cancel), once a warm-up request's emails arrive: the
+    # figures are for a scheduler that was running, not one starting.
+    warm_up = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/session-requests", method="POST",
+        data=json.dumps({"device": info["device"], "reason": "bench 0-0"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {info['token']}"})
+    urllib.request.urlopen(warm_up, timeout=30).close()
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up and sum(k.startswith("bench 0-0|") for k in arrivals) < 2:
+        time.sleep(0.1)
+    arrivals.clear()
     script = Path(env["BENCH_COUNT_DIR"]).parent / "create.lua"
     script.write_text(WRK_CREATE % (info["device"], info["token"]))
     out = subprocess.run(["wrk", "-t2", "-c4", f"-d{seconds:g}s", "-s", str(script),
@@ -266,7 +278,8 @@ def mail(app, info, port: int, env: dict, seconds: float, smtp: SmtpServer,
     rate = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
     with app.app_context():
         rows = db.session.execute(select(SessionRequest.reason, SessionRequest.created_at)
-                                  .where(SessionRequest.reason.like("bench %"))).all()
+                                  .where(SessionRequest.reason.like("bench %"),
+                                         SessionRequest.reason != "bench 0-0")).all()
         recipients = departments.find_department(f"Longpoll {info['tag']}").settings.recipients
     expected = {f"{r.reason}|{rcpt}": r.created_at for r in rows for rcpt in recipients}
     give_up = time.monotonic() + 120
