@@ -3,7 +3,7 @@ each outcome. Retries back off on temporary failures (RFC 5321 §4.5.4.1), perma
 fail at once, and mail whose request is over is cancelled, never sent. The job in
 portal.jobs is the boundary: it commits the claim, then each outcome as it happens.
 
-Per batch: one UPDATE … RETURNING claims it, one query loads the messages with the state of
+Per batch: a SELECT and an UPDATE … RETURNING claim it, one query loads the messages with the state of
 what they are about; per message: the MIME bytes (built with the standard library's
 compat32 generator, a tenth of the cost of Flask-Mail's `policy.SMTP` refolding of every
 header), one SMTP transaction, one UPDATE and one audit insert."""
@@ -66,9 +66,12 @@ def _permanent(exc: Exception) -> bool:
 
 
 def claim_due(now: datetime, limit: int = 50) -> list[int]:
-    """Claim what is due for sending, in one conditional UPDATE … RETURNING: two senders
-    never claim the same message (on PostgreSQL the second skips rows the first has locked;
-    on SQLite writers take turns). The caller commits the claim before sending."""
+    """Claim what is due for sending: one SELECT of up to `limit` ids, then one conditional
+    UPDATE … RETURNING of those still claimable, so two senders never claim the same
+    message (on PostgreSQL the second also skips rows the first has locked). Not one
+    statement with the SELECT as a subquery: PostgreSQL may run a LIMIT … FOR UPDATE
+    subquery again per row and claim more than `limit`. The caller commits the claim
+    before sending."""
     if not is_configured():
         return []
     due = (select(OutboxMessage.id)
@@ -76,9 +79,12 @@ def claim_due(now: datetime, limit: int = 50) -> list[int]:
            .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit))
     if db.engine.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
+    due_ids = list(db.session.scalars(due))
+    if not due_ids:
+        return []
     claimed = db.session.scalars(
         update(OutboxMessage)
-        .where(OutboxMessage.id.in_(due.scalar_subquery()),
+        .where(OutboxMessage.id.in_(due_ids),
                OutboxMessage.status.in_(CLAIMABLE), OutboxMessage.next_attempt_at <= now)
         .values(status="sending", next_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
         .returning(OutboxMessage.id)
