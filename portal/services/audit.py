@@ -20,7 +20,6 @@ from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
 from portal.models import AuditEvent, AuditHead
 from portal.services.actors import Actor
-from portal.services.pages import Page, fetch_page
 
 SEAL_BATCH = 1000
 _events = AuditEvent.__table__
@@ -81,7 +80,7 @@ def record_events(events: list[dict[str, Any]]) -> None:
         db.session.execute(insert(AuditEvent), [_values(**event) for event in events])
 
 
-def _fields(row) -> EventFields:
+def event_fields(row) -> EventFields:
     return EventFields(
         seq=row.seq,
         occurred_at=row.occurred_at,
@@ -96,9 +95,11 @@ def _fields(row) -> EventFields:
     )
 
 
-_CONTENT = (AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.actor, AuditEvent.action,
-            AuditEvent.target_type, AuditEvent.target_id, AuditEvent.department_id,
-            AuditEvent.client_ip, AuditEvent.outcome, AuditEvent.details)
+# The hashed contents of an event (what event_fields reads from a row).
+CONTENT_COLUMNS = (AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.actor,
+                   AuditEvent.action, AuditEvent.target_type, AuditEvent.target_id,
+                   AuditEvent.department_id, AuditEvent.client_ip, AuditEvent.outcome,
+                   AuditEvent.details)
 
 
 def _take_the_sealers_turn() -> AuditHead:
@@ -145,11 +146,12 @@ def seal_pending(now: datetime, limit: int = SEAL_BATCH) -> int:
         return 0
     head = _take_the_sealers_turn()
     rows = db.session.execute(
-        select(*_CONTENT).where(AuditEvent.chain_index.is_(None))
+        select(*CONTENT_COLUMNS).where(AuditEvent.chain_index.is_(None))
         .order_by(AuditEvent.seq).limit(limit)).all()
     if not rows:
         return 0
-    seals = chain.seal(audit_key(), head.chain_index, head.chain_hash, map(_fields, rows))
+    seals = chain.seal(audit_key(), head.chain_index, head.chain_hash,
+                       map(event_fields, rows))
     db.session.execute(
         _events.update()
         .where(_events.c.seq == bindparam("s_seq"), _events.c.chain_index.is_(None))
@@ -171,7 +173,7 @@ def read_head() -> Head | None:
 
 
 def _sealed(row) -> SealedEvent:
-    return SealedEvent(_fields(row), row.chain_index, row.leaf_hash, row.chain_hash)
+    return SealedEvent(event_fields(row), row.chain_index, row.leaf_hash, row.chain_hash)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,8 @@ def verify_trail(batch_size: int = 1000, checkpoint: Checkpoint | None = None
     """Every sealed event in chain order, then the head against the last one, then (given
     one) the checkpoint against the event now at its position. Reads key-ordered batches."""
     checker = chain.ChainChecker(audit_key())
-    columns = (*_CONTENT, AuditEvent.chain_index, AuditEvent.leaf_hash, AuditEvent.chain_hash)
+    columns = (*CONTENT_COLUMNS, AuditEvent.chain_index, AuditEvent.leaf_hash,
+               AuditEvent.chain_hash)
     after = 0
     while checker.break_ is None:
         batch = db.session.execute(
@@ -224,16 +227,3 @@ def current_checkpoint(now: datetime) -> Checkpoint:
     return Checkpoint(seq, index, digest,
                       (at or now).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
-
-def list_events(*, department_id: int, before: int | None, limit: int,
-                request_id: int | None = None) -> Page:
-    """A department's events, newest first, keyed on seq; or one request's whole story.
-    The page's next_after is the seq to continue before."""
-    query = (select(AuditEvent).where(AuditEvent.department_id == department_id)
-             .order_by(AuditEvent.seq.desc()))
-    if request_id is not None:
-        query = query.where(AuditEvent.target_type == "session_request",
-                            AuditEvent.target_id == str(request_id))
-    if before:
-        query = query.where(AuditEvent.seq < before)
-    return fetch_page(query, limit, key=lambda event: event.seq)

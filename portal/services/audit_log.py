@@ -1,0 +1,129 @@
+"""A department's audit log as auditors browse and export it: filtered (the session logs'
+filter, portal.domain.log_filters, with "Action"), newest first, a page at a time by seq;
+and exports of exactly what a filter shows, read in seq-ordered batches so memory stays
+constant however long the log (portal.domain.audit_export gives the format).
+
+Who reads it: auditors, department admins and admins (Action.VIEW)."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from portal.domain.audit import Head
+from portal.domain.audit_export import ACTIONS, export_record
+from portal.domain.log_filters import LogFilter, parse_log_filter
+from portal.extensions import db
+from portal.models import AuditEvent, Department
+from portal.services import audit
+from portal.services.actors import Actor
+from portal.services.pages import Page, fetch_page
+from portal.services.session_logs import date_conditions
+
+EXPORT_BATCH = 2000
+FORMATS = {"csv": "CSV", "jsonl": "JSON Lines"}
+REQUEST_KEY = "request"  # ?request=<id>: one session request's whole story
+
+
+def audit_filter(args: Mapping[str, str]) -> LogFilter:
+    """The audit log's filter in a request's query arguments (or an export's record)."""
+    return parse_log_filter(args, choices=ACTIONS, choice_key="action",
+                            choice_label="Action")
+
+
+def conditions(department_id: int, log_filter: LogFilter,
+               request_id: int | None = None) -> list:
+    """What the filter lets through, as WHERE conditions on audit_events. Only the
+    event's own columns: the same filter selects the same events whenever it runs (so
+    `audit verify --export` can run an export's filter again)."""
+    where = [AuditEvent.department_id == department_id,
+             *date_conditions(AuditEvent.occurred_at, log_filter)]
+    if log_filter.choice:
+        where.append(AuditEvent.action == log_filter.choice)
+    if log_filter.person:  # the actor: an email (stored lower case) or "device:…", "cli"
+        where.append(AuditEvent.actor.in_({log_filter.person, log_filter.person.lower()}))
+    if log_filter.device:
+        name = log_filter.device.lower()
+        where.append(or_(
+            func.lower(AuditEvent.details["device"].as_string()) == name,
+            and_(AuditEvent.target_type == "device",
+                 func.lower(AuditEvent.details["name"].as_string()) == name),
+            func.lower(AuditEvent.actor) == f"device:{name}"))
+    if request_id is not None:
+        where += [AuditEvent.target_type == "session_request",
+                  AuditEvent.target_id == str(request_id)]
+    return where
+
+
+def list_audit_events(*, department_id: int, log_filter: LogFilter, before: int | None,
+                      limit: int, request_id: int | None = None) -> Page:
+    """Newest first; next_after is the seq the next page continues before."""
+    query = (select(AuditEvent).where(*conditions(department_id, log_filter, request_id))
+             .order_by(AuditEvent.seq.desc()))
+    if before:
+        query = query.where(AuditEvent.seq < before)
+    return fetch_page(query, limit, key=lambda event: event.seq)
+
+
+# --- exports -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportStart:
+    head: Head               # the whole chain's head when the export began
+    through_seq: int         # the newest event the export may hold (its own is after)
+    filter_args: dict[str, str]
+
+
+def filter_record(log_filter: LogFilter, request_id: int | None) -> dict[str, str]:
+    """The filter as the export's audit event names it (query arguments)."""
+    args = log_filter.query_args()
+    if request_id is not None:
+        args[REQUEST_KEY] = str(request_id)
+    return args
+
+
+def begin_export(*, department: Department, log_filter: LogFilter, request_id: int | None,
+                 export_format: str, actor: Actor, now: datetime) -> ExportStart:
+    """Read the chain's head and the newest seq, then record `audit.exported` (naming the
+    filter, the format and that head) in the department's log. The export holds the
+    events the filter selects up to that seq, so it is the same whenever it is read."""
+    head = audit.read_head() or Head(0, 0, audit.chain.GENESIS_HASH)
+    through_seq = db.session.scalar(select(func.max(AuditEvent.seq))) or 0
+    args = filter_record(log_filter, request_id)
+    audit.record_event(
+        actor=actor, action="audit.exported", target_type="department",
+        target_id=department.id, department_id=department.id, now=now,
+        details={"format": export_format, "filter": args, "through_seq": through_seq,
+                 "chain_head": {"seq": head.seq, "hash": head.hash}})
+    return ExportStart(head, through_seq, args)
+
+
+@dataclass(frozen=True)
+class ExportedEvent:
+    seq: int
+    chain_index: int | None
+    record: dict[str, Any]
+
+
+def exported_events(*, department_id: int, log_filter: LogFilter, request_id: int | None,
+                    through_seq: int, batch_size: int = EXPORT_BATCH
+                    ) -> Iterator[ExportedEvent]:
+    """Every event the filter selects with seq <= through_seq, newest first, read
+    `batch_size` at a time by seq (no offset, nothing kept between batches)."""
+    where = conditions(department_id, log_filter, request_id)
+    columns = (*audit.CONTENT_COLUMNS, AuditEvent.chain_index, AuditEvent.chain_hash)
+    below = through_seq + 1
+    while True:
+        rows = db.session.execute(
+            select(*columns).where(*where, AuditEvent.seq < below)
+            .order_by(AuditEvent.seq.desc()).limit(batch_size)).all()
+        for row in rows:
+            yield ExportedEvent(row.seq, row.chain_index,
+                                export_record(audit.event_fields(row), row.chain_hash))
+        if len(rows) < batch_size:
+            return
+        below = rows[-1].seq
