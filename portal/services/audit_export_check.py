@@ -139,8 +139,8 @@ def _compare(lines: Lines, export: AuditEvent, head_index: int, head_line: int) 
             raise ExportRejected(f"line {number} (event #{seq}): the export's filter does "
                                  "not put it here (an added or moved line)")
         if seq < want.seq:
-            raise ExportRejected(f"event #{want.seq} is missing before line {number} "
-                                 "(a deleted line)")
+            raise ExportRejected(f"line {number} (event #{seq}): event #{want.seq} is "
+                                 "missing before it (a deleted or moved line)")
         record = want.record
         if json.loads(text)["hash"] is None and (
                 want.chain_index is None or want.chain_index > head_index):
