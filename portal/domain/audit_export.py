@@ -2,14 +2,14 @@
 columns `seq,occurred_at,actor,action,target,department,client_ip,outcome,details,hash`,
 as a CSV row or a JSON Lines line, and the JSON Lines file's closing chain head line.
 
-A record is made from the event's hashed contents only (portal.domain.audit.EventFields)
-and its chain hash, so the same event always exports to the same bytes: `audit verify
---export` renders each event again from the database and compares the lines byte for byte.
+A row is made from the event's hashed contents only and its chain hash, so the same event
+always exports to the same bytes: `audit verify --export` renders each event again from
+the database and compares the lines byte for byte.
 
 - `occurred_at`: UTC, ISO 8601 with microseconds and a `Z` (`2026-12-01T09:30:00.000000Z`).
 - `target`: `<type>:<id>` (`session_request:12`, `device:3`).
 - `department`: the department's id (its name may change; the id is what is hashed).
-- `details`: the event's details as a JSON object (keys sorted); in CSV its JSON text.
+- `details`: the event's details, a JSON object (its text as stored); in CSV that text.
 - `hash`: the event's chain hash — HMAC-SHA256 under PORTAL_AUDIT_KEY over the previous
   chain hash and the event's leaf hash (portal.domain.audit) — which `audit verify` checks.
   It is null (an empty cell in CSV) for an event not yet sealed when the export read it:
@@ -24,10 +24,8 @@ import csv
 import io
 import json
 from collections.abc import Iterable
-from datetime import timezone
-from typing import Any
-
-from portal.domain.audit import EventFields
+from json.encoder import encode_basestring_ascii
+from typing import NamedTuple
 
 COLUMNS = ("seq", "occurred_at", "actor", "action", "target", "department", "client_ip",
            "outcome", "details", "hash")
@@ -61,45 +59,50 @@ ACTIONS = (
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _sorted(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _sorted(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [_sorted(item) for item in value]
-    return value
+class ExportRow(NamedTuple):
+    """One event as an export shows it (COLUMNS, in order). `details` is the details'
+    JSON text as the database holds it; `hash` the chain hash, or None."""
+    seq: int
+    occurred_at: str
+    actor: str
+    action: str
+    target: str
+    department: int | None
+    client_ip: str
+    outcome: str
+    details: str
+    hash: str | None
 
 
-def timestamp(at) -> str:
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def details_text(raw: str | None) -> str:
+    """The details' JSON text on one line (the database's text, unless a line break
+    crept into it)."""
+    if raw is None:
+        return "{}"
+    if "\n" in raw or "\r" in raw:
+        return json.dumps(json.loads(raw), ensure_ascii=True, separators=(",", ":"))
+    return raw
 
 
-def export_record(fields: EventFields, chain_hash: str | None) -> dict[str, Any]:
-    """One event as an export shows it, keys in COLUMNS order."""
-    return {
-        "seq": fields.seq,
-        "occurred_at": timestamp(fields.occurred_at),
-        "actor": fields.actor,
-        "action": fields.action,
-        "target": f"{fields.target_type}:{fields.target_id}",
-        "department": fields.department_id,
-        "client_ip": fields.client_ip,
-        "outcome": fields.outcome,
-        "details": _sorted(fields.details or {}),
-        "hash": chain_hash,
-    }
+_text = encode_basestring_ascii  # a JSON string literal, ASCII only (the C encoder)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
+def json_line(row: ExportRow) -> str:
+    """The row as one JSON Lines line (with its newline): always the same bytes for the
+    same event, so `audit verify --export` can compare lines."""
+    department = "null" if row.department is None else int(row.department)
+    digest = "null" if row.hash is None else _text(row.hash)
+    return (f'{{"seq":{int(row.seq)},"occurred_at":{_text(row.occurred_at)},'
+            f'"actor":{_text(row.actor)},"action":{_text(row.action)},'
+            f'"target":{_text(row.target)},"department":{department},'
+            f'"client_ip":{_text(row.client_ip)},"outcome":{_text(row.outcome)},'
+            f'"details":{row.details},"hash":{digest}}}\n')
 
 
-def json_line(record: dict[str, Any]) -> str:
-    """The record as one JSON Lines line (with its newline); always the same bytes."""
-    return _dumps(record) + "\n"
-
-
-def head_record(seq: int, chain_hash: str) -> dict[str, Any]:
-    return {"chain_head": {"seq": seq, "hash": chain_hash}}
+def head_line(seq: int, chain_hash: str) -> str:
+    """The closing line of a JSON Lines export."""
+    return json.dumps({"chain_head": {"seq": seq, "hash": chain_hash}},
+                      separators=(",", ":")) + "\n"
 
 
 def neutralise(cell: str) -> str:
@@ -107,18 +110,13 @@ def neutralise(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
-def csv_cells(record: dict[str, Any]) -> list[str]:
-    cells = []
-    for column in COLUMNS:
-        value = record[column]
-        if value is None:
-            text = ""
-        elif column == "details":
-            text = _dumps(value)
-        else:
-            text = str(value)
-        cells.append(neutralise(text))
-    return cells
+def csv_cells(row: ExportRow) -> tuple:
+    """The row's CSV cells; every text one that could start like a formula made text
+    (seq, occurred_at, department and hash are digits and hex by construction)."""
+    seq, at, actor, action, target, department, client_ip, outcome, details, digest = row
+    return (seq, at, neutralise(actor), neutralise(action), neutralise(target),
+            "" if department is None else department, neutralise(client_ip),
+            neutralise(outcome), neutralise(details), digest or "")
 
 
 class CsvWriter:
@@ -128,12 +126,10 @@ class CsvWriter:
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer)
 
-    def rows(self, records: Iterable[dict[str, Any]] | None = None, *,
-             header: bool = False) -> str:
+    def rows(self, rows: Iterable[ExportRow] = (), *, header: bool = False) -> str:
         if header:
             self._writer.writerow(COLUMNS)
-        for record in records or ():
-            self._writer.writerow(csv_cells(record))
+        self._writer.writerows(map(csv_cells, rows))
         text = self._buffer.getvalue()
         self._buffer.seek(0)
         self._buffer.truncate()

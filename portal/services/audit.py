@@ -80,7 +80,7 @@ def record_events(events: list[dict[str, Any]]) -> None:
         db.session.execute(insert(AuditEvent), [_values(**event) for event in events])
 
 
-def event_fields(row) -> EventFields:
+def _fields(row) -> EventFields:
     return EventFields(
         seq=row.seq,
         occurred_at=row.occurred_at,
@@ -95,11 +95,9 @@ def event_fields(row) -> EventFields:
     )
 
 
-# The hashed contents of an event (what event_fields reads from a row).
-CONTENT_COLUMNS = (AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.actor,
-                   AuditEvent.action, AuditEvent.target_type, AuditEvent.target_id,
-                   AuditEvent.department_id, AuditEvent.client_ip, AuditEvent.outcome,
-                   AuditEvent.details)
+_CONTENT = (AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.actor, AuditEvent.action,
+            AuditEvent.target_type, AuditEvent.target_id, AuditEvent.department_id,
+            AuditEvent.client_ip, AuditEvent.outcome, AuditEvent.details)
 
 
 def _take_the_sealers_turn() -> AuditHead:
@@ -146,12 +144,11 @@ def seal_pending(now: datetime, limit: int = SEAL_BATCH) -> int:
         return 0
     head = _take_the_sealers_turn()
     rows = db.session.execute(
-        select(*CONTENT_COLUMNS).where(AuditEvent.chain_index.is_(None))
+        select(*_CONTENT).where(AuditEvent.chain_index.is_(None))
         .order_by(AuditEvent.seq).limit(limit)).all()
     if not rows:
         return 0
-    seals = chain.seal(audit_key(), head.chain_index, head.chain_hash,
-                       map(event_fields, rows))
+    seals = chain.seal(audit_key(), head.chain_index, head.chain_hash, map(_fields, rows))
     db.session.execute(
         _events.update()
         .where(_events.c.seq == bindparam("s_seq"), _events.c.chain_index.is_(None))
@@ -173,7 +170,7 @@ def read_head() -> Head | None:
 
 
 def _sealed(row) -> SealedEvent:
-    return SealedEvent(event_fields(row), row.chain_index, row.leaf_hash, row.chain_hash)
+    return SealedEvent(_fields(row), row.chain_index, row.leaf_hash, row.chain_hash)
 
 
 @dataclass(frozen=True)
@@ -189,8 +186,7 @@ def verify_trail(batch_size: int = 1000, checkpoint: Checkpoint | None = None
     """Every sealed event in chain order, then the head against the last one, then (given
     one) the checkpoint against the event now at its position. Reads key-ordered batches."""
     checker = chain.ChainChecker(audit_key())
-    columns = (*CONTENT_COLUMNS, AuditEvent.chain_index, AuditEvent.leaf_hash,
-               AuditEvent.chain_hash)
+    columns = (*_CONTENT, AuditEvent.chain_index, AuditEvent.leaf_hash, AuditEvent.chain_hash)
     after = 0
     while checker.break_ is None:
         batch = db.session.execute(

@@ -133,29 +133,30 @@ def _compare(lines: Lines, export: AuditEvent, head_index: int, head_line: int) 
     for number, text in _text_lines(lines):
         if number == head_line:
             break
-        seq = json.loads(text)["seq"]
+        item = json.loads(text)
+        seq = item["seq"]
         want = next(expected, None)
-        if want is None or seq > want.seq:
+        if want is None or seq > want.row.seq:
             raise ExportRejected(f"line {number} (event #{seq}): the export's filter does "
                                  "not put it here (an added or moved line)")
-        if seq < want.seq:
-            raise ExportRejected(f"line {number} (event #{seq}): event #{want.seq} is "
+        if seq < want.row.seq:
+            raise ExportRejected(f"line {number} (event #{seq}): event #{want.row.seq} is "
                                  "missing before it (a deleted or moved line)")
-        record = want.record
-        if json.loads(text)["hash"] is None and (
-                want.chain_index is None or want.chain_index > head_index):
-            record = {**record, "hash": None}
-        if record["hash"] is None:
+        row = want.row
+        if item["hash"] is None and (want.chain_index is None
+                                     or want.chain_index > head_index):
+            row = row._replace(hash=None)  # not sealed yet when it was exported
+        if row.hash is None:
             unsealed += 1
-        if text != json_line(record)[:-1]:
-            if json.loads(text)["hash"] != record["hash"]:
+        if text != json_line(row)[:-1]:
+            if item["hash"] != row.hash:
                 raise ExportRejected(f"line {number} (event #{seq}): its hash is not "
                                      f"event #{seq}'s sealed hash")
             raise ExportRejected(f"line {number} (event #{seq}): it differs from event "
                                  f"#{seq} in the audit trail (edited)")
     left = next(expected, None)
     if left is not None:
-        raise ExportRejected(f"event #{left.seq} is missing before the chain head "
+        raise ExportRejected(f"event #{left.row.seq} is missing before the chain head "
                              f"(line {head_line}): a deleted line")
     return unsealed
 

@@ -9,7 +9,7 @@ import re
 from flask import Blueprint, Response, current_app, render_template, stream_with_context
 from flask_login import login_required
 
-from portal.domain.audit_export import ACTIONS, CsvWriter, head_record, json_line
+from portal.domain.audit_export import ACTIONS, CsvWriter, head_line, json_line
 from portal.domain.permissions import Action
 from portal.services import audit_log
 from portal.web.common import current_actor, department_or_403, page_before, query_id, utcnow
@@ -20,6 +20,7 @@ bp = Blueprint("audit", __name__, url_prefix="/departments")
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8",
                "jsonl": "application/x-ndjson; charset=utf-8"}
 EXTENSIONS = {"csv": "csv", "jsonl": "jsonl"}
+CHUNK = 500  # rows written out at a time
 
 
 def _filter():
@@ -72,8 +73,8 @@ def export(department_id: int, export_format: str):
         yield writer.rows(header=True)
         batch = []
         for event in events:
-            batch.append(event.record)
-            if len(batch) == 500:
+            batch.append(event.row)
+            if len(batch) == CHUNK:
                 yield writer.rows(batch)
                 batch = []
         yield writer.rows(batch)
@@ -81,11 +82,11 @@ def export(department_id: int, export_format: str):
     def jsonl_body():
         batch = []
         for event in events:
-            batch.append(json_line(event.record))
-            if len(batch) == 500:
+            batch.append(json_line(event.row))
+            if len(batch) == CHUNK:
                 yield "".join(batch)
                 batch = []
-        batch.append(json_line(head_record(start.head.seq, start.head.hash)))
+        batch.append(head_line(start.head.seq, start.head.hash))
         yield "".join(batch)
 
     body = csv_body() if export_format == "csv" else jsonl_body()
