@@ -326,7 +326,7 @@ def child_export(uri: str, audit_key: str, department_id: int, export_format: st
     client = app.test_client()
     assert client.post("/login", data={"email": AUDITOR, "password": PASSWORD}
                        ).status_code == 303
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     response = client.get(f"/departments/{department_id}/audit/export.{export_format}",
                           buffered=False)
     assert response.status_code == 200
@@ -336,10 +336,10 @@ def child_export(uri: str, audit_key: str, department_id: int, export_format: st
         lines += data.count(b"\n")
         size += len(data)
     response.close()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     rows = lines - 1  # the header, or the chain head
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rows": rows, "seconds": seconds, "bytes": size,
+    print(json.dumps({"rows": rows, "seconds": seconds, "cpu": cpu, "bytes": size,
                       "peak_mib": peak_kib / 1024}))
 
 
@@ -383,8 +383,9 @@ def run(uri: str, events: int, sessions: int) -> None:
         r = time_export(uri, audit_key, department_id, export_format)
         rate = r["rows"] / r["seconds"]
         print(f"  export {export_format:<5} everything: {r['rows']:,} rows in "
-              f"{r['seconds']:.1f} s = {rate:,.0f} rows/s, {r['bytes'] / 2**20:.0f} MiB, "
-              f"peak RSS {r['peak_mib']:.0f} MiB (goal >= 100,000 rows/s, <= 150 MiB)")
+              f"{r['seconds']:.1f} s = {rate:,.0f} rows/s ({r['rows'] / r['cpu']:,.0f} per "
+              f"CPU second of the process), {r['bytes'] / 2**20:.0f} MiB, peak RSS "
+              f"{r['peak_mib']:.0f} MiB (goal >= 100,000 rows/s, <= 150 MiB)")
 
 
 def main(argv=None) -> int:
