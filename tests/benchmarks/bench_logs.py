@@ -283,15 +283,10 @@ def time_pages(app, world) -> list[tuple[str, str, float, float, float, int]]:
                   [ClientSession.ended_at.is_(None)]),
     }
     for name, (args, remote_where, client_where) in session_filters.items():
-        if name == "Person":
-            remote_query = (select(RemoteSession.started_at, RemoteSession.id)
-                            .join(SessionRequest, SessionRequest.id == RemoteSession.request_id))
-            remote_keys = _joined_keys(remote_query, dept, remote_where, limit)
-        else:
-            remote_keys = _joined_keys(
-                select(RemoteSession.started_at, RemoteSession.id)
-                .join(SessionRequest, SessionRequest.id == RemoteSession.request_id),
-                dept, remote_where, limit)
+        remote_keys = _joined_keys(
+            select(RemoteSession.started_at, RemoteSession.id)
+            .join(SessionRequest, SessionRequest.id == RemoteSession.request_id),
+            dept, remote_where, limit)
         client_keys = _session_keys(ClientSession, ClientSession.department_id, dept,
                                     client_where, limit)
         row = []
@@ -377,10 +372,8 @@ def run(uri: str, events: int, sessions: int) -> None:
         mark = "" if max(first, middle, last) <= 50 else "  over"
         print(f"  {name:<10} {flt:<8} {first:>9.1f} {middle:>10.1f} {last:>8.1f} {rows:>9,}"
               f"{mark}")
-    with app.app_context():
-        department_id = world["logs"]
     for export_format in ("jsonl", "csv"):
-        r = time_export(uri, audit_key, department_id, export_format)
+        r = time_export(uri, audit_key, world["logs"], export_format)
         rate = r["rows"] / r["seconds"]
         print(f"  export {export_format:<5} everything: {r['rows']:,} rows in "
               f"{r['seconds']:.1f} s = {rate:,.0f} rows/s ({r['rows'] / r['cpu']:,.0f} per "
