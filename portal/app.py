@@ -168,6 +168,7 @@ def register_extensions(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from portal.api import bp as api_bp
     from portal.web.approvals.views import bp as approvals_bp
+    from portal.web.audit.views import bp as audit_bp
     from portal.web.auth.views import bp as auth_bp
     from portal.web.departments.views import bp as departments_bp
     from portal.web.devices.views import bp as devices_bp
@@ -186,6 +187,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(approvals_bp)
     app.register_blueprint(outbox_bp)
     app.register_blueprint(sessions_bp)
+    app.register_blueprint(audit_bp)
     app.register_blueprint(api_bp)
     csrf.exempt(api_bp)  # bearer tokens, no cookies
 

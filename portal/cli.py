@@ -252,8 +252,17 @@ def init_commands(app: Flask) -> None:
     @click.option("--checkpoint", "checkpoint_line", metavar="LINE",
                   help="A line printed by `audit checkpoint` earlier: also find a truncation "
                        "or rewrite since then.")
-    def verify(checkpoint_line: str | None) -> None:
-        """Exit 0 when the chain and its head are intact, else 1 naming the first bad event."""
+    @click.option("--export", "export_file", metavar="FILE",
+                  type=click.Path(exists=True, dir_okay=False, readable=True),
+                  help="A JSON Lines file from the audit log's \"Export JSON Lines\": check "
+                       "it against the chain (exit 1 naming its first bad line).")
+    def verify(checkpoint_line: str | None, export_file: str | None) -> None:
+        """Exit 0 when the chain and its head are intact, else 1 naming the first bad event.
+        With --export FILE: whether an exported JSON Lines file is exactly what the audit
+        trail holds (every event, every byte, and its chain head a point of the chain)."""
+        if export_file is not None:
+            _verify_export(export_file)
+            return
         checkpoint = None
         if checkpoint_line is not None:
             checkpoint = parse_checkpoint(checkpoint_line)
@@ -272,6 +281,22 @@ def init_commands(app: Flask) -> None:
             return
         click.echo(f"Audit trail broken at {result.broken.describe()}.", err=True)
         raise SystemExit(1)
+
+    def _verify_export(path: str) -> None:
+        from portal.services.audit_export_check import ExportRejected, check_export
+
+        def lines():
+            with open(path, "rb") as handle:
+                yield from handle
+
+        try:
+            result = check_export(lines)
+        except ExportRejected as exc:
+            click.echo(f"Export rejected: {exc.message}.", err=True)
+            raise SystemExit(1) from None
+        except OSError as exc:
+            raise click.ClickException(f"Can't read {path}: {exc.strerror}.") from None
+        click.echo(result.summary())
 
     @audit_group.command("checkpoint")
     def checkpoint_command() -> None:

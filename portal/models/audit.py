@@ -21,6 +21,12 @@ class AuditEvent(db.Model):
         # A department's log, newest first, a page at a time; one request's story.
         Index("ix_audit_events_department_id_seq", "department_id", "seq"),
         Index("ix_audit_events_target", "target_type", "target_id"),
+        # The audit log's "Action", "Person" and "From"/"To" filters (newest first by seq,
+        # a page at a time; the seq in the date index spares a read of each row).
+        Index("ix_audit_events_department_id_action_seq", "department_id", "action", "seq"),
+        Index("ix_audit_events_department_id_actor_seq", "department_id", "actor", "seq"),
+        Index("ix_audit_events_department_id_occurred_at_seq", "department_id",
+              "occurred_at", "seq"),
         # What the sealer has left to do: a handful of rows, however long the trail.
         Index("ix_audit_events_unsealed", "seq", sqlite_where=text("chain_index IS NULL"),
               postgresql_where=text("chain_index IS NULL")),

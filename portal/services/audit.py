@@ -20,7 +20,6 @@ from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
 from portal.models import AuditEvent, AuditHead
 from portal.services.actors import Actor
-from portal.services.pages import Page, fetch_page
 
 SEAL_BATCH = 1000
 _events = AuditEvent.__table__
@@ -224,16 +223,3 @@ def current_checkpoint(now: datetime) -> Checkpoint:
     return Checkpoint(seq, index, digest,
                       (at or now).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
 
-
-def list_events(*, department_id: int, before: int | None, limit: int,
-                request_id: int | None = None) -> Page:
-    """A department's events, newest first, keyed on seq; or one request's whole story.
-    The page's next_after is the seq to continue before."""
-    query = (select(AuditEvent).where(AuditEvent.department_id == department_id)
-             .order_by(AuditEvent.seq.desc()))
-    if request_id is not None:
-        query = query.where(AuditEvent.target_type == "session_request",
-                            AuditEvent.target_id == str(request_id))
-    if before:
-        query = query.where(AuditEvent.seq < before)
-    return fetch_page(query, limit, key=lambda event: event.seq)

@@ -118,7 +118,8 @@ def before_key(started, row_id, before: str | None):
     if key is None:
         return None
     at, after_id = key
-    return or_(started < at, and_(started == at, row_id < after_id))
+    # `started <= at` alone is what an index on (time, id) can seek to; the OR is exact.
+    return and_(started <= at, or_(started < at, and_(started == at, row_id < after_id)))
 
 
 def date_conditions(started, log_filter: LogFilter) -> list:
@@ -138,6 +139,12 @@ def state_conditions(ended, log_filter: LogFilter) -> list:
     return []
 
 
+def _devices_named(name: str):
+    """The device ids with this name (any case): the sessions' (device_id, started_at)
+    indexes then find a device's sessions without reading every other one."""
+    return select(Device.id).where(func.lower(Device.name) == name.lower())
+
+
 def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: str | None,
                          limit: int, now: datetime) -> Page:
     """Newest first; `before` is a page key (next_after of the page before)."""
@@ -154,7 +161,7 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
                *state_conditions(RemoteSession.ended_at, log_filter))
         .order_by(RemoteSession.started_at.desc(), RemoteSession.id.desc()))
     if log_filter.device:
-        query = query.where(func.lower(Device.name) == log_filter.device.lower())
+        query = query.where(RemoteSession.device_id.in_(_devices_named(log_filter.device)))
     if log_filter.person:
         person = log_filter.person.lower()
         query = query.where(or_(func.lower(User.email) == person,
@@ -185,7 +192,7 @@ def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: s
                *state_conditions(ClientSession.ended_at, log_filter))
         .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()))
     if log_filter.device:
-        query = query.where(func.lower(Device.name) == log_filter.device.lower())
+        query = query.where(ClientSession.device_id.in_(_devices_named(log_filter.device)))
     if log_filter.person:
         person = log_filter.person.lower()
         query = query.where(or_(func.lower(ClientSession.username) == person,

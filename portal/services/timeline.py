@@ -173,6 +173,14 @@ def _outbox(*where) -> list[Delivery]:
         select(OutboxMessage).where(*where).order_by(OutboxMessage.id))]
 
 
+def may_read_request_timeline(user, req: SessionRequest) -> bool:
+    """Whether `user` opens this session request's timeline (the rule
+    session_request_timeline enforces): a reader of its department's session logs, or its
+    own technician while they may ask for sessions there."""
+    roles = roles_of(user, req.department_id)
+    return reads_logs(roles) or (may(roles, Action.REQUEST) and req.technician_id == user.id)
+
+
 def session_request_timeline(*, user, department_id: int, request_id: int) -> Timeline:
     roles = roles_of(user, department_id)
     is_reader = reads_logs(roles)

@@ -82,6 +82,11 @@ ACTIONS = [
     Action("remove member", "POST", "/departments/{a}/members/{mid}/delete", ok=303),
     Action("remove member htmx", "POST", "/departments/{a}/members/{mid}/delete", htmx=True,
            ok=204),
+    Action("audit log", "GET", "/departments/{a}/audit", shows="A-DEV-1"),
+    Action("audit log export CSV", "GET", "/departments/{a}/audit/export.csv",
+           shows="A-DEV-1"),
+    Action("audit log export JSON Lines", "GET", "/departments/{a}/audit/export.jsonl",
+           shows="A-DEV-1"),
     Action("create department", "POST", "/departments", {"name": "Gamma"}, admin_only=True,
            ok=303),
     Action("department edit page", "GET", "/departments/{a}/edit", admin_only=True,
@@ -239,7 +244,9 @@ def test_a_foreign_referer_is_not_used_as_next(client, world):
 
 @pytest.mark.parametrize("path", ["/departments/{b}/settings", "/departments/{b}/exclusions",
                                   "/departments/{b}/devices", "/departments/{b}/groups",
-                                  "/departments/{b}/members"])
+                                  "/departments/{b}/members", "/departments/{b}/audit",
+                                  "/departments/{b}/audit/export.csv",
+                                  "/departments/{b}/audit/export.jsonl"])
 def test_department_admin_of_a_gets_403_for_b(client, sign_in, world, path):
     sign_in(A_ADMIN)
     response = client.get(path.format(**world))

@@ -1,13 +1,13 @@
-"""Departments: list, create, rename; settings; exclusions; the audit log."""
+"""Departments: list, create, rename; settings; exclusions (the audit log: portal.web.audit)."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, make_response, render_template, request, url_for
+from flask import Blueprint, render_template, request, url_for
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.domain.permissions import Action
-from portal.services import audit, authz, departments as service, directory
+from portal.services import authz, departments as service, directory
 from portal.web.errors import status_of
 from portal.web.common import (
     apply_errors,
@@ -16,8 +16,6 @@ from portal.web.common import (
     done,
     fragment,
     is_htmx,
-    page_before,
-    query_id,
     utcnow,
 )
 from portal.web.departments.forms import DepartmentForm, ExclusionForm, SettingsForm
@@ -219,23 +217,3 @@ def remove_exclusion(department_id: int, exclusion_id: int):
     return done(message, url_for("departments.settings", department_id=department.id,
                                  _anchor="exclusions"))
 
-
-
-# --- audit log -----------------------------------------------------------------------
-
-
-@bp.get("/<int:department_id>/audit")
-@login_required
-def audit_log(department_id: int):
-    """A department's audit log for auditors and admins: read-only, newest first, a page
-    at a time by key; `?request=<id>` reads back one request's whole story."""
-    department = department_or_403(department_id, Action.VIEW)
-    before = page_before()
-    request_id = query_id("request")
-    page = audit.list_events(department_id=department.id, before=before,
-                             request_id=request_id, limit=current_app.config["PAGE_SIZE"] * 2)
-    response = make_response(render_template(
-        "departments/audit.html", department=department, events=page.items,
-        next_before=page.next_after, before=before, request_id=request_id))
-    response.headers["Cache-Control"] = "no-store"
-    return response

@@ -16,6 +16,7 @@ from portal.domain.errors import (
 from portal.domain.permissions import Action
 from portal.domain import otp as otp_rules
 from portal.services import authz, decisions, otp_requests, requests as service
+from portal.services import timeline as timelines
 from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
 from portal.web.errors import status_of
 from portal.web.requests.forms import ConnectForm
@@ -67,7 +68,15 @@ def connect():
 
 
 def _status_context(req, now):
-    return {"req": req, **asdict(service.reading(req, now))}
+    """`timeline_url`: once the request is over, its timeline, for a viewer who may read
+    it (not worked out on every poll while it is pending)."""
+    reading = asdict(service.reading(req, now))
+    timeline_url = None
+    if reading["status"] != "pending" and timelines.may_read_request_timeline(current_user,
+                                                                             req):
+        timeline_url = url_for("sessions.session_request", department_id=req.department_id,
+                               request_id=req.id)
+    return {"req": req, "timeline_url": timeline_url, **reading}
 
 
 @bp.get("/requests/<int:request_id>")

@@ -1,0 +1,136 @@
+"""The audit log's exports (design.md, "Session logs"): one record per event with the
+columns `seq,occurred_at,actor,action,target,department,client_ip,outcome,details,hash`,
+as a CSV row or a JSON Lines line, and the JSON Lines file's closing chain head line.
+
+A row is made from the event's hashed contents only and its chain hash, so the same event
+always exports to the same bytes: `audit verify --export` renders each event again from
+the database and compares the lines byte for byte.
+
+- `occurred_at`: UTC, ISO 8601 with microseconds and a `Z` (`2026-12-01T09:30:00.000000Z`).
+- `target`: `<type>:<id>` (`session_request:12`, `device:3`).
+- `department`: the department's id (its name may change; the id is what is hashed).
+- `details`: the event's details, a JSON object (its text as stored); in CSV that text.
+- `hash`: the event's chain hash — HMAC-SHA256 under PORTAL_AUDIT_KEY over the previous
+  chain hash and the event's leaf hash (portal.domain.audit) — which `audit verify` checks.
+  It is null (an empty cell in CSV) for an event not yet sealed when the export read it:
+  sealing runs within a second of the commit, so only the newest few events can be so.
+- The last line of a JSON Lines export, `{"chain_head": {"seq": …, "hash": …}}`, is the
+  whole chain's head (the last sealed event's seq and chain hash) when the export began;
+  seq 0 with 64 zeros is the empty chain.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii
+from typing import NamedTuple
+
+COLUMNS = ("seq", "occurred_at", "actor", "action", "target", "department", "client_ip",
+           "outcome", "details", "hash")
+
+# Every action the portal records, for the audit log's "Action" field (a test checks the
+# services record no other).
+ACTIONS = (
+    "audit.exported",
+    "auth.login", "auth.sign_in", "auth.sign_out",
+    "client_session.ended", "client_session.started",
+    "department.created", "department.renamed",
+    "device.created", "device.deleted", "device.state_changed", "device.updated",
+    "email.failed", "email.queued", "email.sent",
+    "exclusion.added", "exclusion.removed",
+    "group.created", "group.deleted", "group.renamed",
+    "link.opened",
+    "member.added", "member.removed",
+    "otp.access_requested", "otp.approved", "otp.denied", "otp.failed", "otp.generated",
+    "otp.internal_login", "otp.locked", "otp.requested", "otp.sent", "otp.timed_out",
+    "otp.verified",
+    "prompt.shown",
+    "request.cancelled", "request.created", "request.decided", "request.timed_out",
+    "session.ended", "session.started",
+    "settings.changed",
+    "token.created", "token.revoked", "token.rotated",
+    "user.created", "user.disabled", "user.enabled",
+)
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV
+# injection"); a leading apostrophe makes it text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class ExportRow(NamedTuple):
+    """One event as an export shows it (COLUMNS, in order). `details` is the details'
+    JSON text as the database holds it; `hash` the chain hash, or None."""
+    seq: int
+    occurred_at: str
+    actor: str
+    action: str
+    target: str
+    department: int | None
+    client_ip: str
+    outcome: str
+    details: str
+    hash: str | None
+
+
+def details_text(raw: str | None) -> str:
+    """The details' JSON text on one line (the database's text, unless a line break
+    crept into it)."""
+    if raw is None:
+        return "{}"
+    if "\n" in raw or "\r" in raw:
+        return json.dumps(json.loads(raw), ensure_ascii=True, separators=(",", ":"))
+    return raw
+
+
+_text = encode_basestring_ascii  # a JSON string literal, ASCII only (the C encoder)
+
+
+def json_line(row: ExportRow) -> str:
+    """The row as one JSON Lines line (with its newline): always the same bytes for the
+    same event, so `audit verify --export` can compare lines."""
+    department = "null" if row.department is None else int(row.department)
+    digest = "null" if row.hash is None else _text(row.hash)
+    return (f'{{"seq":{int(row.seq)},"occurred_at":{_text(row.occurred_at)},'
+            f'"actor":{_text(row.actor)},"action":{_text(row.action)},'
+            f'"target":{_text(row.target)},"department":{department},'
+            f'"client_ip":{_text(row.client_ip)},"outcome":{_text(row.outcome)},'
+            f'"details":{row.details},"hash":{digest}}}\n')
+
+
+def head_line(seq: int, chain_hash: str) -> str:
+    """The closing line of a JSON Lines export."""
+    return json.dumps({"chain_head": {"seq": seq, "hash": chain_hash}},
+                      separators=(",", ":")) + "\n"
+
+
+def neutralise(cell: str) -> str:
+    """A cell a spreadsheet would run as a formula, made text."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def csv_cells(row: ExportRow) -> tuple:
+    """The row's CSV cells; every text one that could start like a formula made text
+    (seq, occurred_at, department and hash are digits and hex by construction)."""
+    seq, at, actor, action, target, department, client_ip, outcome, details, digest = row
+    return (seq, at, neutralise(actor), neutralise(action), neutralise(target),
+            "" if department is None else department, neutralise(client_ip),
+            neutralise(outcome), neutralise(details), digest or "")
+
+
+class CsvWriter:
+    """CSV text a batch of records at a time (RFC 4180 quoting, CRLF line ends)."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer)
+
+    def rows(self, rows: Iterable[ExportRow] = (), *, header: bool = False) -> str:
+        if header:
+            self._writer.writerow(COLUMNS)
+        self._writer.writerows(map(csv_cells, rows))
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
