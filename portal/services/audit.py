@@ -103,21 +103,25 @@ _CONTENT = (AuditEvent.seq, AuditEvent.occurred_at, AuditEvent.actor, AuditEvent
 def _take_the_sealers_turn() -> AuditHead:
     """Lock the head row with the transaction's first statement (a row lock on
     PostgreSQL, the write lock on SQLite) and return it. A trail without a head starts
-    one, unless events were sealed already: then the head was deleted, which sealing
-    must not paper over (`audit verify` reports it)."""
+    one (two sealers starting at once: the second's insert waits for the first's and
+    does nothing). A head at the start of the chain while events are sealed means the head
+    was deleted, which sealing must not paper over (`audit verify` reports it); that is
+    checked holding the head, so a sealer that started one a moment ago is no alarm."""
     session = db.session
     touch = (update(AuditHead).where(AuditHead.id == 1)
              .values(chain_index=AuditHead.chain_index)
              .execution_options(synchronize_session=False))
     if session.execute(touch).rowcount == 0:
-        if session.scalar(select(AuditEvent.seq).where(AuditEvent.chain_index.is_not(None))
-                          .limit(1)) is not None:
-            raise AuditHeadMissingError("The audit chain's head is missing; sealing stopped. "
-                                        "Run `flask --app portal audit verify`.")
         session.execute(_insert_head_if_missing())
         session.execute(touch)
-    return session.execute(select(AuditHead).where(AuditHead.id == 1)
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1)
                            .execution_options(populate_existing=True)).scalar_one()
+    if head.chain_index == 0 and session.scalar(
+            select(AuditEvent.seq).where(AuditEvent.chain_index.is_not(None)).limit(1)
+    ) is not None:
+        raise AuditHeadMissingError("The audit chain's head is missing; sealing stopped. "
+                                    "Run `flask --app portal audit verify`.")
+    return head
 
 
 def _insert_head_if_missing():
