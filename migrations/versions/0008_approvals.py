@@ -41,6 +41,8 @@ def upgrade():
                                       server_default=''))
         batch_op.add_column(sa.Column('match_number', sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column('match_choices', sa.String(length=8), nullable=True))
+        batch_op.add_column(sa.Column('is_reported', sa.Boolean(), nullable=False,
+                                      server_default=sa.false()))
     op.create_table(
         'request_approvals',
         sa.Column('id', sa.Integer(), nullable=False),
@@ -97,6 +99,7 @@ def downgrade():
     op.drop_table('request_reports')
     op.drop_table('request_approvals')
     with op.batch_alter_table('session_requests', schema=None) as batch_op:
+        batch_op.drop_column('is_reported')
         batch_op.drop_column('match_choices')
         batch_op.drop_column('match_number')
         batch_op.drop_column('approved_by')

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -65,6 +66,9 @@ class SessionRequest(db.Model):
     # ("17,42,88"); null when matching was off at creation.
     match_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     match_choices: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # Denied through "I didn't expect this" (the outcome says so).
+    is_reported: Mapped[bool] = mapped_column(Boolean, default=False,
+                                              server_default=false())
 
     device: Mapped[Device] = relationship()
     department: Mapped[Department] = relationship()
