@@ -60,6 +60,9 @@ def test_the_approver_matches_the_number_and_comments_on_a_phone(
         approver.keyboard.press("ArrowRight")
     expect(group.get_by_role("radio", name=str(match))).to_be_checked()
     approver.get_by_label("Comment (optional)").fill("Called the user first")
+    approver.wait_for_timeout(2500)  # a poll swaps the decision area: both survive it
+    expect(group.get_by_role("radio", name=str(match))).to_be_checked()
+    expect(approver.get_by_label("Comment (optional)")).to_have_value("Called the user first")
     approver.get_by_role("button", name="Allow Session").click()
     expect(approver.get_by_role("heading", name="Approved")).to_be_visible()
     expect(approver.get_by_text("Comment: Called the user first")).to_be_visible()
