@@ -228,6 +228,12 @@ def test_the_pending_list_decides_with_number_comment_and_report(app, qa):
     assert response.status_code == 200 and "1 of 2 approvals" in text(response)
     assert "You allowed it" in text(response)
 
+    # Without htmx: the list again with the message, 422, nothing changed.
+    response = approver.post(f"/requests/{request_id}/decide",
+                             data={"decision": "deny", "comment": "two\nlines"})
+    assert response.status_code == 422 and "one line" in text(response)
+    assert reload(request_id).status == "pending"
+
     other = client_as(app, R2)
     confirm = other.get(f"/requests/{request_id}/report")
     assert confirm.status_code == 200 and reload(request_id).status == "pending"

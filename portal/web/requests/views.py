@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, current_app, make_response, render_template, request, url_for
+from flask import (Blueprint, current_app, flash, make_response, render_template, request,
+                   url_for)
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
@@ -172,6 +173,9 @@ def decide(request_id: int):
     if is_htmx():
         return fragment("requests/_pending_rows.html", status=status, flash_message=message,
                         category=category, **_pending_context(now, polled=True))
+    if status == 422:  # bad input (a number, a comment): the list again, saying why
+        flash(message, "error")
+        return render_template("requests/pending.html", **_pending_context(now)), 422
     return done(message, url_for("requests.pending"), category=category)
 
 
