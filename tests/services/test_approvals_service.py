@@ -153,6 +153,8 @@ def test_two_distinct_allows_approve_and_the_second_decides(w):
     configure(w.qa, approvals_required=2)
     req = create(w)
     assert req.approvals_required == 2
+    assert all("2 approvers must allow it; one Deny denies it." in m.body_text
+               for m in db.session.scalars(select(OutboxMessage)))
     by_link(req, w.ann, comment="Looks right")
     req = reload(req)
     assert (req.status, req.approvals_received, service.reading(req, NOW).approvals.label()
