@@ -229,10 +229,6 @@ class Reading:
     match_number: int | None = None  # while pending only
     choices: tuple[int, ...] = ()  # while pending only
 
-    @property
-    def approvals_label(self) -> str:
-        return self.approvals.label()
-
 
 def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUserCheck | str,
                  email: EmailCheck | str, end_user_deadline: datetime | None,
