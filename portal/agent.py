@@ -2,8 +2,10 @@
 (design.md, "Device agent"). Standard library only, so it runs on any managed computer.
 
 It reports the device's state (PUT /api/v1/agent/state), polls its end-user prompts
-(GET /api/v1/agent/prompts) and asks the person at the console to accept or decline each
-one before its countdown runs out (POST /api/v1/agent/prompts/<id>).
+(GET /api/v1/agent/prompts) and asks the person at the console to accept, decline or
+report ("I didn't expect this") each one before its countdown runs out
+(POST /api/v1/agent/prompts/<id>). With number matching on, accepting asks which of the
+prompt's three numbers the technician sees.
 
 `portal-agent otp request|verify|end-session` is the login screen's one-time password
 flow (portal/agent_otp.py): ask for a code (and wait for an approver when one must grant
@@ -44,7 +46,9 @@ from portal.agent_http import (
 )
 
 HEARTBEAT_SECONDS = 30  # how often a looping agent re-reports its state
-ANSWERS = {"y": "accept", "yes": "accept", "n": "decline", "no": "decline"}
+ANSWERS = {"y": "accept", "yes": "accept", "n": "decline", "no": "decline",
+           "r": "report", "report": "report"}
+VERBS = {"accept": "accepted", "decline": "declined", "report": "reported"}
 
 
 # --- the console -----------------------------------------------------------------------
@@ -69,11 +73,11 @@ class Console:
 
     def countdown(self, seconds: int) -> None:
         if self.is_tty:
-            sys.stdout.write(f"\r  {seconds:3d} s left - accept this session? [y/n] ")
+            sys.stdout.write(f"\r  {seconds:3d} s left - accept this session? [y/n/r] ")
             sys.stdout.flush()
             self.mid_line = True
         elif seconds != self.last_shown and (seconds <= 10 or seconds % 10 == 0):
-            say(f"  {seconds} s left - accept this session? [y/n]")
+            say(f"  {seconds} s left - accept this session? [y/n/r]")
         self.last_shown = seconds
 
     def end_line(self) -> None:
@@ -81,8 +85,8 @@ class Console:
             say()
             self.mid_line = False
 
-    def answer(self, wait: float) -> str | None:
-        """'accept', 'decline', or None (no usable answer within `wait` seconds)."""
+    def line(self, wait: float) -> str | None:
+        """The next typed line, or None (nothing within `wait` seconds, or input closed)."""
         if self.closed:
             time.sleep(wait)
             return None
@@ -96,11 +100,35 @@ class Console:
             say("  (input closed: nobody can answer; waiting for the countdown)")
             return None
         self.mid_line = False  # the typed Enter ended the countdown line
-        decision = ANSWERS.get(line.strip().lower())
+        return line.strip()
+
+    def answer(self, wait: float) -> str | None:
+        """'accept', 'decline', 'report', or None (no usable answer within `wait`
+        seconds)."""
+        line = self.line(wait)
+        if line is None:
+            return None
+        decision = ANSWERS.get(line.lower())
         if decision is None:
             self.end_line()
             say("  Please answer y (accept) or n (decline).")
+            say("  (or r to report it: you did not expect this request)")
         return decision
+
+    def number(self, choices: list[int], deadline: float) -> int | None:
+        """Which of `choices` the person picks before `deadline`, or None."""
+        options = " / ".join(str(c) for c in choices)
+        say(f"  Which number does the technician see? {options}")
+        while (left := deadline - time.monotonic()) > 0:
+            line = self.line(min(left, 1.0))
+            if line is None:
+                if self.closed:
+                    return None
+                continue
+            if line.isascii() and line.isdigit() and int(line) in choices:
+                return int(line)
+            say(f"  Please type one of: {options}")
+        return None
 
 
 def handle_prompt(portal: Portal, console: Console | None, prompt: dict, *, fetched: float,
@@ -111,15 +139,30 @@ def handle_prompt(portal: Portal, console: Console | None, prompt: dict, *, fetc
     say(f"  {shown(prompt.get('message')) or 'A technician asks to connect.'}")
     say(f"  Technician: {shown(prompt.get('technician'))}")
     say(f"  Run as:     {shown(prompt.get('run_as')) or '(the logged-in user)'}")
+    if prompt.get("reason"):
+        say(f"  Reason:     {shown(prompt.get('reason'))}")
+    choices = [c for c in prompt.get("choices") or [] if isinstance(c, int)]
+    if auto == "accept" and choices:
+        say("  Number matching is on: a person has to pick the number; not answering.")
+        return
     if auto:
         say(f"  Answering automatically: {auto}")
     deadline = fetched + float(prompt.get("seconds_left") or 0)
     decision = auto or ask(portal, console, prompt, deadline, interval)
     if decision is None:
         return
-    status, body = portal.decide(prompt["id"], decision)
-    if status == 200:
-        verb = "accepted" if decision == "accept" else "declined"
+    number = None
+    if decision == "accept" and choices:
+        number = console.number(choices, deadline)
+        if number is None:
+            say("  No number picked: the prompt timed out.")
+            return
+    status, body = portal.decide(prompt["id"], decision, number)
+    if status == 200 and decision == "accept" and body.get("status") == "denied":
+        say("  That is not the number the technician sees: the request was denied. "
+            f"Outcome: {shown(body.get('outcome_message'))}")
+    elif status == 200:
+        verb = VERBS[decision]
         say(f"  You {verb} the request. Outcome: {shown(body.get('outcome_message'))}")
     elif status == 409:
         say("  Too late: the request was already decided.")

@@ -112,8 +112,12 @@ class Portal:
             raise AgentError("the portal's prompt list was not understood")
         return prompts
 
-    def decide(self, prompt_id: int, decision: str) -> tuple[int, dict]:
-        return self.call("POST", f"/agent/prompts/{prompt_id}", {"decision": decision})
+    def decide(self, prompt_id: int, decision: str, number: int | None = None
+               ) -> tuple[int, dict]:
+        payload: dict = {"decision": decision}
+        if number is not None:
+            payload["number"] = number
+        return self.call("POST", f"/agent/prompts/{prompt_id}", payload)
 
 
 def _json(raw: bytes):

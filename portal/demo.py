@@ -45,12 +45,27 @@ DEPARTMENTS = {
         "excluded_devices": ["WIN-SALES-KIOSK"],
         "settings": {"is_confirmation_shown": True, "is_shown_when_locked": True},
     },
+    # Approvals that resist fatigue and fraud: two distinct approvers must allow, each
+    # picking the number the technician sees, and a real reason is required.
+    "Ops Team": {
+        "groups": [],
+        "devices": [("OPS-SRV-01", "Windows Server 2022", "10.40.0.10", None)],
+        "excluded_groups": [],
+        "excluded_devices": [],
+        "settings": {"is_email_authorization_required": True,
+                     "email_recipients": "approver@example.com\nops-admin@example.com",
+                     "approvals_required": 2, "is_number_matching_required": True,
+                     "is_reason_required": True},
+    },
 }
 
 USERS = [
     ("admin@example.com", "admin", None),
     ("qa-admin@example.com", "department_admin", "QA Team"),
     ("sales-admin@example.com", "department_admin", "Sales Team"),
+    ("ops-admin@example.com", "department_admin", "Ops Team"),
+    ("approver@example.com", "approver", "Ops Team"),
+    ("technician@example.com", "technician", "Ops Team"),
     ("approver@example.com", "approver", "QA Team"),
     ("approver@example.com", "approver", "Sales Team"),
     ("auditor@example.com", "auditor", "QA Team"),

@@ -35,6 +35,10 @@ DESIGN_LABELS = {
     "otp_expiration_minutes": "Access Request Expiration Time (minutes)",
     "otp_min_interval_minutes":
         "Minimum interval between new one-time passwords (minutes)",
+    "is_reason_required": "Require a reason for each session",
+    "approvals_required": "Approvals required",
+    "is_number_matching_required": "Require number matching",
+    "report_cooldown_minutes": "Cool-down after a report (minutes)",
 }
 
 DESIGN_DEFAULTS = {
@@ -50,6 +54,10 @@ DESIGN_DEFAULTS = {
     "is_otp_auto_sent_to_internal_users": False,
     "otp_expiration_minutes": 30,
     "otp_min_interval_minutes": 60,
+    "is_reason_required": False,
+    "approvals_required": 1,
+    "is_number_matching_required": False,
+    "report_cooldown_minutes": 30,
 }
 
 

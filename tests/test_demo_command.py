@@ -28,7 +28,12 @@ def test_demo_seeds_prints_sign_ins_and_is_idempotent(tmp_path, monkeypatch):
 
     database = tmp_path / "portal.sqlite3"
     counts = _counts(database)
-    assert counts["departments"] == 2 and counts["devices"] >= 5
+    assert counts["departments"] == 3 and counts["devices"] >= 6
+    with sqlite3.connect(database) as conn:  # the tour's request needing two approvals
+        assert conn.execute(
+            "SELECT s.approvals_required, s.is_number_matching_required, "
+            "s.is_reason_required FROM department_settings s JOIN departments d "
+            "ON d.id = s.department_id WHERE d.name = 'Ops Team'").fetchone() == (2, 1, 1)
 
     again = runner.invoke(demo_command, ["--no-serve", "--port", "5055"])
     assert again.exit_code == 0, again.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from portal.domain import approvals
 from portal.domain import requests as rules
 from portal.models import SessionRequest
 from portal.services import requests
@@ -32,6 +33,10 @@ def request_object(req: SessionRequest, now: datetime) -> dict:
         "decided_by": req.decided_by,
         "decision_reason": req.decision_reason,
         "outcome_message": reading.outcome,
+        "approvals": {"required": reading.approvals.required,
+                      "received": reading.approvals.received,
+                      "by": list(reading.approvals.by)},
+        "match_number": reading.match_number,
     }
 
 
@@ -41,6 +46,10 @@ def prompt_object(req: SessionRequest, now: datetime) -> dict:
         "message": req.prompt_message,
         "technician": req.technician.email,
         "run_as": req.run_as,
+        "reason": req.reason,
         "expires_at": iso(req.end_user_deadline),
         "seconds_left": rules.seconds_left(req.end_user_deadline, now),
+        # Number matching: the end user picks the number the technician sees (never
+        # sent here) among these; null when matching is off.
+        "choices": list(approvals.parse_choices(req.match_choices)) or None,
     }

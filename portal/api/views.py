@@ -143,11 +143,12 @@ def agent_prompts():
 def agent_decide(request_id: int):
     data = body()
     decision = data.get("decision")
-    if decision not in ("accept", "decline"):
-        raise BadRequestError("“decision” must be “accept” or “decline”.")
+    if decision not in decisions.END_USER_DECISIONS:
+        raise BadRequestError("“decision” must be “accept”, “decline” or “report”.")
     now = utcnow()
     req = decisions.decide_by_end_user(device=g.api_device, request_id=request_id,
-                                       decision=decision, actor=device_actor(), now=now)
+                                       decision=decision, number=data.get("number"),
+                                       actor=device_actor(), now=now)
     return jsonify(request_object(req, now))
 
 

@@ -33,6 +33,7 @@ COLUMNS = ("seq", "occurred_at", "actor", "action", "target", "department", "cli
 # Every action the portal records, for the audit log's "Action" field (a test checks the
 # services record no other).
 ACTIONS = (
+    "approval.counted",
     "audit.exported",
     "auth.login", "auth.sign_in", "auth.sign_out",
     "client_session.ended", "client_session.started",
@@ -47,7 +48,9 @@ ACTIONS = (
     "otp.internal_login", "otp.locked", "otp.requested", "otp.sent", "otp.timed_out",
     "otp.verified",
     "prompt.shown",
-    "request.cancelled", "request.created", "request.decided", "request.timed_out",
+    "request.cancelled", "request.cooldown_refused", "request.created", "request.decided",
+    "request.number_mismatch", "request.reason_refused", "request.reported",
+    "request.timed_out",
     "session.ended", "session.started",
     "settings.changed",
     "token.created", "token.revoked", "token.rotated",

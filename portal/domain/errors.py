@@ -89,6 +89,18 @@ class InvalidInputError(PortalError):
         self.field_errors = field_errors
 
 
+class ReasonRequiredError(InvalidInputError):
+    """"Require a reason for each session" is on and the reason given is not one."""
+
+    code = "reason_required"
+
+
+class NumberRequiredError(InvalidInputError):
+    """Number matching is on and an Allow / accept came without a number."""
+
+    code = "number_required"
+
+
 class NotInDirectoryError(PortalError):
     """The directory has no single entry with a mail address for that user name."""
 
@@ -107,6 +119,13 @@ class TooSoonError(ThrottledError):
     """A new one-time password sooner than the device's minimum interval allows."""
 
     code = "too_soon"
+
+
+class ReportedError(ThrottledError):
+    """The technician's last request to this device was reported as unexpected: new ones
+    wait for the cool-down ("Cool-down after a report")."""
+
+    code = "reported"
 
 
 class UnavailableError(PortalError):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from portal.domain import approvals
 from portal.domain.errors import AlreadyDecidedError, ExpiredError
 
 
@@ -224,12 +225,17 @@ class Reading:
     decided_at: datetime | None
     outcome: str | None
     decider: str | None
+    approvals: approvals.Tally = approvals.Tally(1, 0, ())
+    match_number: int | None = None  # while pending only
+    choices: tuple[int, ...] = ()  # while pending only
 
 
 def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUserCheck | str,
                  email: EmailCheck | str, end_user_deadline: datetime | None,
                  email_deadline: datetime | None, decided_at: datetime | None,
-                 decided_by: str | None, now: datetime) -> Reading:
+                 decided_by: str | None, now: datetime, is_reported: bool = False,
+                 tally: approvals.Tally | None = None, match_number: int | None = None,
+                 choices: tuple[int, ...] = ()) -> Reading:
     current = effective_status(status, expires_at, now)
     end_user_state, email_state = check_states(
         status=current, end_user=end_user, email=email, end_user_deadline=end_user_deadline,
@@ -245,16 +251,24 @@ def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUse
         # A request past its deadline that no job has moved yet left pending at its
         # deadline.
         decided_at=decided_at or (None if pending else expires_at),
-        outcome=outcome_message(current, decided_by),
+        outcome=outcome_message(current, decided_by, is_reported),
         decider=decider_label(decided_by),
+        approvals=tally or approvals.Tally(1, 0, ()),
+        match_number=match_number if pending else None,
+        choices=choices if pending and match_number is not None else (),
     )
 
 
-def outcome_message(status: Status | str, decided_by: str | None) -> str | None:
+def outcome_message(status: Status | str, decided_by: str | None,
+                    is_reported: bool = False) -> str | None:
     status = Status(status)
     if status is Status.APPROVED:
         return MSG_APPROVED
     if status is Status.DENIED:
+        if is_reported:
+            return approvals.reported_outcome(
+                approvals.END_USER_REPORTER if decided_by == DECIDED_BY_END_USER
+                else decided_by)
         if decided_by == DECIDED_BY_END_USER:
             return MSG_END_USER_DECLINED
         return MSG_DENIED_BY.format(who=decided_by)

@@ -24,6 +24,8 @@ CONFIRMATION_TIMEOUT = IntRange(10, 600, 60)
 EMAIL_TIMEOUT = IntRange(30, 3600, 180)
 OTP_EXPIRATION = IntRange(1, 1440, 30)
 OTP_MIN_INTERVAL = IntRange(1, 1440, 60)
+APPROVALS_REQUIRED = IntRange(1, 5, 1)
+REPORT_COOLDOWN = IntRange(1, 1440, 30)
 MAX_MESSAGE_LENGTH = 500
 MAX_RECIPIENTS = 20
 DEFAULT_CONFIRMATION_MESSAGE = (
@@ -52,6 +54,10 @@ LABELS: dict[str, str] = {
     ),
     "otp_expiration_minutes": "Access Request Expiration Time (minutes)",
     "otp_min_interval_minutes": "Minimum interval between new one-time passwords (minutes)",
+    "is_reason_required": "Require a reason for each session",
+    "approvals_required": "Approvals required",
+    "is_number_matching_required": "Require number matching",
+    "report_cooldown_minutes": "Cool-down after a report (minutes)",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -68,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
     "is_otp_auto_sent_to_internal_users": False,
     "otp_expiration_minutes": OTP_EXPIRATION.default,
     "otp_min_interval_minutes": OTP_MIN_INTERVAL.default,
+    "is_reason_required": False,
+    "approvals_required": APPROVALS_REQUIRED.default,
+    "is_number_matching_required": False,
+    "report_cooldown_minutes": REPORT_COOLDOWN.default,
 }
 
 RANGES: dict[str, IntRange] = {
@@ -75,6 +85,8 @@ RANGES: dict[str, IntRange] = {
     "email_authorization_timeout_seconds": EMAIL_TIMEOUT,
     "otp_expiration_minutes": OTP_EXPIRATION,
     "otp_min_interval_minutes": OTP_MIN_INTERVAL,
+    "approvals_required": APPROVALS_REQUIRED,
+    "report_cooldown_minutes": REPORT_COOLDOWN,
 }
 
 _SEPARATORS = re.compile(r"[,;\s]+")
@@ -146,6 +158,12 @@ def validate_settings(values: dict[str, Any]) -> dict[str, list[str]]:
         errors["email_recipients"] = [
             "Enter at least one recipient to require email authorization."
         ]
+    required = values.get("approvals_required")
+    if "approvals_required" not in errors and isinstance(required, int) and required > 1 \
+            and not recipient_errors and required > len(addresses):
+        errors["approvals_required"] = [
+            f"Approvals required can't be more than the number of recipients "
+            f"({len(addresses)})."]
     return errors
 
 

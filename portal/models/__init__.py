@@ -9,7 +9,14 @@ from portal.models.departments import (
     Exclusion,
 )
 from portal.models.otp import ClientSession, OneTimePassword, OtpAccessRequest, OtpFailureCounter
-from portal.models.requests import ApprovalLink, OutboxMessage, RemoteSession, SessionRequest
+from portal.models.requests import (
+    ApprovalLink,
+    OutboxMessage,
+    RemoteSession,
+    RequestApproval,
+    RequestReport,
+    SessionRequest,
+)
 
 __all__ = [
     "ClientSession",
@@ -20,6 +27,8 @@ __all__ = [
     "ApprovalLink",
     "OutboxMessage",
     "RemoteSession",
+    "RequestApproval",
+    "RequestReport",
     "SessionRequest",
     "AuditHead",
     "AuditEvent",

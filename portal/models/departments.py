@@ -11,6 +11,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -136,6 +138,16 @@ class DepartmentSettings(db.Model):
             f"AND {rules.OTP_MIN_INTERVAL.high}",
             name="otp_min_interval_range",
         ),
+        CheckConstraint(
+            f"approvals_required BETWEEN {rules.APPROVALS_REQUIRED.low} "
+            f"AND {rules.APPROVALS_REQUIRED.high}",
+            name="approvals_required_range",
+        ),
+        CheckConstraint(
+            f"report_cooldown_minutes BETWEEN {rules.REPORT_COOLDOWN.low} "
+            f"AND {rules.REPORT_COOLDOWN.high}",
+            name="report_cooldown_range",
+        ),
     )
 
     department_id: Mapped[int] = mapped_column(
@@ -167,6 +179,17 @@ class DepartmentSettings(db.Model):
     otp_min_interval_minutes: Mapped[int] = mapped_column(
         Integer, default=rules.OTP_MIN_INTERVAL.default
     )
+    # Approvals
+    is_reason_required: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false())
+    approvals_required: Mapped[int] = mapped_column(
+        Integer, default=rules.APPROVALS_REQUIRED.default,
+        server_default=text(str(rules.APPROVALS_REQUIRED.default)))
+    is_number_matching_required: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false())
+    report_cooldown_minutes: Mapped[int] = mapped_column(
+        Integer, default=rules.REPORT_COOLDOWN.default,
+        server_default=text(str(rules.REPORT_COOLDOWN.default)))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     department: Mapped[Department] = relationship(back_populates="settings")

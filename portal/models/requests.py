@@ -11,6 +11,8 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -53,10 +55,63 @@ class SessionRequest(db.Model):
     email_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     prompt_message: Mapped[str] = mapped_column(Text, default="")
     prompt_shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # "Approvals required" as it was at creation, the Allows counted so far and whose
+    # (one lower-cased email a line, in order): the row alone answers "k of N approvals".
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1,
+                                                    server_default=text("1"))
+    approvals_received: Mapped[int] = mapped_column(Integer, default=0,
+                                                    server_default=text("0"))
+    approved_by: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # Number matching: the number the technician sees and the three choices offered
+    # ("17,42,88"); null when matching was off at creation.
+    match_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    match_choices: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # Denied through "I didn't expect this" (the outcome says so).
+    is_reported: Mapped[bool] = mapped_column(Boolean, default=False,
+                                              server_default=false())
 
     device: Mapped[Device] = relationship()
     department: Mapped[Department] = relationship()
     technician: Mapped[User] = relationship()
+
+
+class RequestApproval(db.Model):
+    """One counted Allow of a session request: once per person (the unique constraint
+    makes a double count impossible, whatever races)."""
+
+    __tablename__ = "request_approvals"
+    __table_args__ = (UniqueConstraint("request_id", "approver_email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"))
+    approver_email: Mapped[str] = mapped_column(String(254))  # lower-cased
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RequestReport(db.Model):
+    """"I didn't expect this": who reported which request, and until when that
+    technician's new requests to that device are refused."""
+
+    __tablename__ = "request_reports"
+    __table_args__ = (
+        # The cool-down look-up at every create.
+        Index("ix_request_reports_technician_device_until", "technician_id", "device_id",
+              "cooldown_until"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="CASCADE"), unique=True)
+    department_id: Mapped[int] = mapped_column(
+        ForeignKey("departments.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    technician_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    reported_by: Mapped[str] = mapped_column(String(254))
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cooldown_until: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ApprovalLink(db.Model):

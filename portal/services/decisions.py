@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import joinedload
 
+from portal.domain import approvals as approval_rules
 from portal.domain import requests as rules
 from portal.domain.errors import (
     AlreadyDecidedError,
@@ -27,16 +28,10 @@ from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
 from portal.models import (ApprovalLink, Department, Device, OutboxMessage, SessionRequest,
                            User)
-from portal.services import authz, crypto, mail, transitions
+from portal.services import approvals, authz, crypto, mail, transitions
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event, record_events
-from portal.services.requests import (
-    MAX_REASON,
-    audit_request,
-    clean_text,
-    get_own_request,
-    get_request,
-)
+from portal.services.requests import audit_request, get_own_request, get_request
 from portal.unit_of_work import keep_changes
 
 OWN_REQUEST = "Nobody decides their own request: ask another approver."
@@ -46,8 +41,9 @@ LINK_ENDED = ("This link no longer works: its recipient is no longer among the "
 
 
 def _win(req: SessionRequest, now: datetime, values: dict, *,
-         end_user: bool = False) -> bool:
-    """The conditional transition out of pending. True when this call won."""
+         end_user: bool = False, not_counted: str | None = None) -> bool:
+    """The conditional transition out of pending. True when this call won. With
+    `not_counted` (an email), only while that person has no counted Allow on it."""
     stmt = (update(SessionRequest)
             .where(SessionRequest.id == req.id,
                    SessionRequest.status == Status.PENDING.value,
@@ -57,6 +53,8 @@ def _win(req: SessionRequest, now: datetime, values: dict, *,
     if end_user:
         stmt = stmt.where(SessionRequest.end_user_check == EndUserCheck.PENDING.value,
                           SessionRequest.end_user_deadline > now)
+    if not_counted:
+        stmt = stmt.where(approvals.not_counted(not_counted))
     won = db.session.execute(stmt).rowcount == 1
     db.session.expire(req)
     return won
@@ -80,25 +78,50 @@ def _after_decision(req: SessionRequest, actor: Actor, now: datetime, **details)
                   decided_by=req.decided_by, **details)
 
 
+END_USER_DECISIONS = ("accept", "decline", "report")
+
+
 def decide_by_end_user(*, device: Device, request_id: int, decision: str, actor: Actor,
-                       now: datetime) -> SessionRequest:
-    if decision not in ("accept", "decline"):
-        raise InvalidInputError({"decision": ["Use “accept” or “decline”."]})
+                       now: datetime, number=None) -> SessionRequest:
+    """The end user's answer at the device: accept (with the number, when matching is
+    on; a wrong one denies), decline, or report ("I didn't expect this")."""
+    if decision not in END_USER_DECISIONS:
+        raise InvalidInputError({"decision": ["Use “accept”, “decline” or “report”."]})
     req = db.session.get(SessionRequest, request_id)
     if req is None or req.device_id != device.id or \
             req.end_user_check == EndUserCheck.SKIPPED.value:
         raise NotFoundError("No such prompt on this device.")
-    accept = decision == "accept"
-    won = _win(req, now, {
+    matched = approval_rules.check_number(
+        req.match_number, approval_rules.parse_choices(req.match_choices), number) \
+        if decision == "accept" else None
+    accept = decision == "accept" and matched is not False
+    values = {
         "status": (Status.APPROVED if accept else Status.DENIED).value,
         "decided_by": rules.DECIDED_BY_END_USER,
-        "decision_reason": None,
+        "decision_reason": approval_rules.mismatch_reason(approval_rules.parse_number(number))
+        if matched is False else None,
         "end_user_check": (EndUserCheck.ACCEPTED if accept else EndUserCheck.DECLINED).value,
-    }, end_user=True)
-    if not won:
+    }
+    if decision == "report":
+        values["is_reported"] = True
+    if not _win(req, now, values, end_user=True):
         _refuse(req, now, req.end_user_deadline)
+    if matched is False:
+        audit_request(req, "request.number_mismatch", actor, now, check="end_user",
+                      number=approval_rules.parse_number(number))
+    if decision == "report":
+        _reported(req, rules.DECIDED_BY_END_USER, actor, now, check="end_user")
     _after_decision(req, actor, now, check="end_user", decision=decision)
     return req
+
+
+def _reported(req: SessionRequest, reported_by: str, actor: Actor, now: datetime,
+              **details) -> None:
+    minutes = req.department.settings.report_cooldown_minutes
+    report = approvals.record_report(req, reported_by=reported_by, minutes=minutes, now=now)
+    audit_request(req, "request.reported", actor, now, reported_by=reported_by,
+                  technician=req.technician.email,
+                  cooldown_until=report.cooldown_until.isoformat(), **details)
 
 
 # --- approval links ------------------------------------------------------------------
@@ -178,51 +201,94 @@ def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
 
 
 def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | None,
-                     comment=None, actor: Actor, now: datetime,
+                     comment=None, number=None, actor: Actor, now: datetime,
                      user_agent: str = "") -> SessionRequest:
-    """A recipient's Allow / Deny from the email's link (found with find_link)."""
-    allow, comment = _allow_or_deny(decision, comment)
+    """A recipient's Allow / Deny / report from the email's link (found with find_link)."""
+    comment = _check_decision(decision, comment)
     req = link.request
     check_link_holder(link, signed_in, is_current=is_link_current(link))
     if is_own_request(req, signed_in, link.recipient_email):
         raise ForbiddenError(OWN_REQUEST)
     return _approver_decides(
-        req, allow, decided_by=link.recipient_email, comment=comment, actor=actor,
-        now=now, check_column="email_check",
-        check_values=(EmailCheck.ALLOWED.value, EmailCheck.DENIED.value),
-        check="email", recipient=link.recipient_email, user_agent=user_agent[:200])
+        req, decision, decided_by=link.recipient_email, user_id=signed_in.id if signed_in
+        else None, comment=comment, number=number, actor=actor, now=now,
+        check_column="email_check", check="email", recipient=link.recipient_email,
+        user_agent=user_agent[:200])
 
 
 def decide_in_portal(*, user: User, request_id: int, decision: str, actor: Actor,
-                     now: datetime, comment=None, user_agent: str = "") -> SessionRequest:
-    allow, comment = _allow_or_deny(decision, comment)
+                     now: datetime, comment=None, number=None,
+                     user_agent: str = "") -> SessionRequest:
+    comment = _check_decision(decision, comment)
     req = get_request(request_id)
     authz.require(user, Action.DECIDE, req.department_id,
                   "You can't decide requests of this department.")
     if is_own_request(req, user):
         raise ForbiddenError(OWN_REQUEST)
-    return _approver_decides(req, allow, decided_by=user.email, comment=comment,
-                             actor=actor, now=now, check="portal",
-                             user_agent=user_agent[:200])
+    return _approver_decides(req, decision, decided_by=user.email, user_id=user.id,
+                             comment=comment, number=number, actor=actor, now=now,
+                             check="portal", user_agent=user_agent[:200])
 
 
-def _allow_or_deny(decision: str, comment) -> tuple[bool, str | None]:
-    if decision not in ("allow", "deny"):
-        raise InvalidInputError({"decision": ["Use “allow” or “deny”."]})
-    return decision == "allow", clean_text(comment, "comment", MAX_REASON)
+APPROVER_DECISIONS = ("allow", "deny", "report")
 
 
-def _approver_decides(req: SessionRequest, allow: bool, *, decided_by: str, comment,
-                      actor: Actor, now: datetime, check_column: str | None = None,
-                      check_values: tuple[str, str] = ("", ""), **details) -> SessionRequest:
-    """Allow or Deny by a person (a link's recipient or a portal approver): first wins."""
-    values = {"status": (Status.APPROVED if allow else Status.DENIED).value,
-              "decided_by": decided_by, "decision_reason": comment}
+def _check_decision(decision: str, comment) -> str | None:
+    if decision not in APPROVER_DECISIONS:
+        raise InvalidInputError({"decision": ["Use “allow”, “deny” or “report”."]})
+    return approval_rules.clean_comment(comment)
+
+
+def _approver_decides(req: SessionRequest, decision: str, *, decided_by: str,
+                      user_id: int | None, comment: str | None, number, actor: Actor,
+                      now: datetime, check_column: str | None = None,
+                      **details) -> SessionRequest:
+    """Allow, Deny or report by a person (a link's recipient or a portal approver). An
+    Allow is counted towards "Approvals required" (approvals.count_allow); the Allow that
+    completes the count, a Deny, a wrong number or a report decides."""
+    matched = approval_rules.check_number(
+        req.match_number, approval_rules.parse_choices(req.match_choices), number) \
+        if decision == "allow" else None  # 422 before anything is looked at
+    approvals.refuse_counted(req, decided_by, now)
+    if decision == "allow" and matched is not False:
+        return _count_allow(req, decided_by=decided_by, user_id=user_id, comment=comment,
+                            actor=actor, now=now, check_column=check_column, **details)
+    values = {"status": Status.DENIED.value, "decided_by": decided_by,
+              "decision_reason": comment}
+    if matched is False:
+        values["decision_reason"] = approval_rules.mismatch_reason(approval_rules.parse_number(number)) + (
+            f" {comment}" if comment else "")
+    if decision == "report":
+        values["is_reported"] = True
     if check_column:
-        values[check_column] = check_values[0] if allow else check_values[1]
-    if not _win(req, now, values):
+        values[check_column] = EmailCheck.DENIED.value
+    if not _win(req, now, values, not_counted=decided_by):
+        approvals.refuse_counted(req, decided_by, now)
         _refuse(req, now)
-    _after_decision(req, actor, now, decision="allow" if allow else "deny", **details)
+    if matched is False:
+        audit_request(req, "request.number_mismatch", actor, now, number=approval_rules.parse_number(number),
+                      **details)
+    if decision == "report":
+        _reported(req, decided_by, actor, now, **details)
+    _after_decision(req, actor, now, decision=decision, **details)
+    return req
+
+
+def _count_allow(req: SessionRequest, *, decided_by: str, user_id: int | None,
+                 comment: str | None, actor: Actor, now: datetime,
+                 check_column: str | None, **details) -> SessionRequest:
+    required = req.approvals_required
+    approved = approvals.count_allow(req, who=decided_by, user_id=user_id, comment=comment,
+                                     now=now, check_column=check_column)
+    if approved is None:
+        approvals.refuse_counted(req, decided_by, now)
+        _refuse(req, now)
+    if required > 1:
+        audit_request(req, "approval.counted", actor, now, approver=decided_by,
+                      received=req.approvals_received, required=required,
+                      comment=comment, **details)
+    if approved:
+        _after_decision(req, actor, now, decision="allow", **details)
     return req
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import joinedload
 
 from portal import notifier
+from portal.domain import approvals as approval_rules
 from portal.domain import requests as rules
 from portal.domain.errors import InvalidInputError, NotFoundError
 from portal.domain.requests import EmailCheck, Status
@@ -24,7 +25,7 @@ from portal.models import (
     SessionRequest,
     User,
 )
-from portal.services import authz, crypto, mail
+from portal.services import approvals, authz, crypto, mail
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 
@@ -56,10 +57,12 @@ def clean_text(value, field: str, limit: int) -> str | None:
     return value
 
 
-def _requested_device(name: str) -> tuple[Device, str | None] | None:
+def _requested_device(name: str, technician: User, now: datetime
+                      ) -> tuple[Device, str | None, datetime | None] | None:
     """The device by name with what the policy reads about it, in one query: its
-    department's settings (eager) and why it is excluded from session confirmation, if it
-    is (its own exclusion, or its group's)."""
+    department's settings (eager), why it is excluded from session confirmation, if it
+    is (its own exclusion, or its group's), and until when a report keeps this
+    technician off it, if one does."""
     is_device_excluded = (select(Exclusion.id).where(Exclusion.device_id == Device.id)
                           .exists())
     excluded_group = (select(DeviceGroup.name)
@@ -67,17 +70,19 @@ def _requested_device(name: str) -> tuple[Device, str | None] | None:
                       .where(DeviceGroup.id == Device.group_id)
                       .scalar_subquery())
     row = db.session.execute(
-        select(Device, is_device_excluded, excluded_group)
+        select(Device, is_device_excluded, excluded_group,
+               approvals.cooldown_subquery(technician.id, now))
         .where(Device.name == name)
         .options(joinedload(Device.department).joinedload(Department.settings))).first()
     if row is None:
         return None
-    device, device_excluded, group_name = row
+    device, device_excluded, group_name, cooldown_until = row
     if device_excluded:
-        return device, "device excluded from session confirmation"
+        return device, "device excluded from session confirmation", cooldown_until
     if group_name is not None:
-        return device, f"group “{group_name}” excluded from session confirmation"
-    return device, None
+        return (device, f"group “{group_name}” excluded from session confirmation",
+                cooldown_until)
+    return device, None, cooldown_until
 
 
 def requestable_devices(user: User) -> list[Device]:
@@ -97,11 +102,14 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         raise InvalidInputError({"device": ["Use printable characters only."]})
     run_as = clean_text(run_as, "run_as", MAX_RUN_AS)
     reason = clean_text(reason, "reason", MAX_REASON)
-    found = _requested_device(device_name.strip())
+    found = _requested_device(device_name.strip(), technician, now)
     if found is None or not authz.can(technician, Action.REQUEST, found[0].department_id):
         raise NotFoundError("No such device in your departments.")
-    device, exclusion = found
+    device, exclusion, cooldown_until = found
     settings = device.department.settings
+    approvals.refuse_creation(device=device, technician=technician, reason=reason,
+                              is_reason_required=settings.is_reason_required,
+                              cooldown_until=cooldown_until, actor=actor, now=now)
     plan = rules.plan_request(
         rules.PolicyInput(
             is_confirmation_shown=settings.is_confirmation_shown,
@@ -123,7 +131,11 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         end_user_deadline=plan.end_user_deadline, email_check=plan.email.value,
         email_deadline=plan.email_deadline,
         prompt_message=settings.confirmation_message,
+        approvals_required=settings.approvals_required,
     )
+    if plan.status is Status.PENDING and settings.is_number_matching_required:
+        req.match_number, choices = approval_rules.new_match()
+        req.match_choices = approval_rules.format_choices(choices)
     db.session.add(req)
     db.session.flush()  # its id, which the links, the emails and the audit events carry
     # The links in one INSERT, their emails (rendered once) in another, then the audit
@@ -181,7 +193,15 @@ def reading(req: SessionRequest, now: datetime) -> rules.Reading:
         status=req.status, expires_at=req.expires_at, end_user=req.end_user_check,
         email=req.email_check, end_user_deadline=req.end_user_deadline,
         email_deadline=req.email_deadline, decided_at=req.decided_at,
-        decided_by=req.decided_by, now=now)
+        decided_by=req.decided_by, now=now, is_reported=req.is_reported,
+        tally=approval_tally(req), match_number=req.match_number,
+        choices=approval_rules.parse_choices(req.match_choices))
+
+
+def approval_tally(req: SessionRequest) -> approval_rules.Tally:
+    """"k of N approvals", from the request's row alone."""
+    return approval_rules.Tally(req.approvals_required, req.approvals_received,
+                                approval_rules.parse_approvers(req.approved_by))
 
 
 DEADLINE_SLACK_SECONDS = 0.01

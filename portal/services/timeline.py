@@ -42,6 +42,9 @@ LABELS = {
     "email.sent": "Email sent",
     "email.failed": "Email failed",
     "link.opened": "Link opened",
+    "approval.counted": "Allow counted",
+    "request.number_mismatch": "Wrong number picked",
+    "request.reported": "Reported as unexpected",
     "request.decided": "Decided",
     "otp.approved": "Decided",
     "otp.denied": "Decided",
@@ -125,6 +128,19 @@ def _note(event: AuditEvent) -> str:
         if d.get("decision_reason"):
             note += f" — {d['decision_reason']}"
         return one_line(note, 600)
+    if action == "approval.counted":
+        note = (f"{d.get('received')} of {d.get('required')} approvals"
+                f" — by {d.get('approver') or event.actor}")
+        if d.get("comment"):
+            note += f" — {d['comment']}"
+        return one_line(note, 600)
+    if action == "request.number_mismatch":
+        where = " at the device" if d.get("check") == "end_user" else ""
+        return one_line(f"{d.get('number')} picked{where}; the request is denied", 600)
+    if action == "request.reported":
+        return one_line(f"by {approved_by_label(d.get('reported_by') or event.actor)}; new "
+                        f"requests of {d.get('technician', '')} to this device refused until "
+                        f"{d.get('cooldown_until', '')}", 600)
     if action in ("otp.approved", "otp.denied"):
         note = ("Approved" if action == "otp.approved" else "Denied") + \
             f" by {d.get('decided_by', event.actor)}"

@@ -62,10 +62,14 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/")
 
 
-def error_response(status: int, message: str, code: str | None = None, **extra):
+def error_response(status: int, message: str, code: str | None = None,
+                   fields: dict | None = None, **extra):
+    """`fields`: for a validation error, the messages per field (the API names them)."""
     if _wants_json():
-        response = jsonify(error={"code": code or CODES.get(status, "error"),
-                                  "message": message}, **extra)
+        error = {"code": code or CODES.get(status, "error"), "message": message}
+        if fields:
+            error["fields"] = fields
+        response = jsonify(error=error, **extra)
         response.status_code = status
         return response
     if htmx:
@@ -87,7 +91,8 @@ def init_errors(app: Flask) -> None:
         extra = {}
         if isinstance(exc, errors.ThrottledError):
             extra["retry_after"] = exc.retry_after
-        response = error_response(status_of(exc), exc.message, exc.code, **extra)
+        response = error_response(status_of(exc), exc.message, exc.code,
+                                  fields=getattr(exc, "field_errors", None), **extra)
         if isinstance(exc, errors.ThrottledError):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response

@@ -29,7 +29,8 @@ from portal.services.actors import CLI
 STATE = "/api/v1/agent/state"
 PROMPTS = "/api/v1/agent/prompts"
 SESSIONS = "/api/v1/agent/sessions"
-PROMPT_KEYS = {"id", "message", "technician", "run_as", "expires_at", "seconds_left"}
+PROMPT_KEYS = {"id", "message", "technician", "run_as", "reason", "expires_at", "seconds_left",
+               "choices"}
 
 
 @pytest.fixture

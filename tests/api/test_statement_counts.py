@@ -195,3 +195,26 @@ def test_a_device_in_an_excluded_group_is_approved_with_the_groups_name(client, 
     obj = create(client, w).get_json()
     assert (obj["status"], obj["decided_by"], obj["decision_reason"]) == (
         "approved", "exclusion", "group “Kiosks” excluded from session confirmation")
+
+
+def test_approvals_cost_a_create_no_statement(client, w):
+    """Number matching, two approvals required and an (expired) report on record: the
+    cool-down is read with the device (a correlated subquery on the indexed
+    technician+device+until), the match number and the count are part of the request's
+    row, so a create costs what it did."""
+    from portal.models import RequestReport
+
+    configure(w.qa, approvals_required=2, is_number_matching_required=True,
+              is_reason_required=True)
+    first = create(client, w).get_json()
+    db.session.add(RequestReport(
+        request_id=first["id"], department_id=w.qa.id, device_id=w.device.id,
+        technician_id=w.tech.id, reported_by="end_user", reported_at=utcnow(),
+        cooldown_until=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    response, log, events = measured(lambda: create(client, w))
+    assert response.status_code == 201
+    obj = response.get_json()
+    assert obj["approvals"]["required"] == 2 and 10 <= obj["match_number"] <= 99
+    assert len(log.own) <= CREATE_BUDGET, log.listing()
+    assert events == 3

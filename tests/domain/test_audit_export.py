@@ -77,6 +77,7 @@ def test_the_action_field_knows_every_action_the_portal_records():
     source = "\n".join(p.read_text(encoding="utf-8") for p in PORTAL.rglob("*.py"))
     recorded = set(re.findall(
         r'"((?:auth|user|member|token|request|session|device|prompt|link|otp|email|'
-        r'department|settings|exclusion|group|client_session|audit)\.[a-z_]+)"', source))
+        r'department|settings|exclusion|group|client_session|audit|approval|preapproval)'
+        r'\.[a-z_]+)"', source))
     assert recorded - set(ACTIONS) == set()
     assert list(ACTIONS) == sorted(ACTIONS)

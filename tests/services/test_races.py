@@ -284,3 +284,115 @@ def test_a_prompt_poll_and_a_decision_never_deadlock(app, qa):
         assert {int(i) for i in shown_events} <= set(ids)
         assert set(shown) >= set(ids[:-1])  # the poll saw every prompt still open
     assert sealed_trail_check()[1] is None
+
+
+# --- "the deciding decision wins": N of M ---------------------------------------------
+
+
+def n_of_m_request(qa, created, required=2):
+    values = {**departments.settings_values(qa.settings), "approvals_required": required,
+              "email_recipients": f"{R1}\n{R2}\n{PORTAL_APPROVER}"}
+    departments.update_settings(department=qa, values=values, actor=CLI, now=created)
+    db.session.commit()
+    return new_request(created)
+
+
+def allow_by(email, request_id, tokens, now, via):
+    def prepare():
+        approver = user(email)
+        if via == "link":
+            link = decisions.find_link(tokens[email])
+            return lambda: decisions.decide_with_link(
+                link=link, decision="allow", signed_in=approver,
+                actor=Actor.for_user(approver), now=now)
+        return lambda: decisions.decide_in_portal(
+            user=approver, request_id=request_id, decision="allow",
+            actor=Actor.for_user(approver), now=now)
+    return prepare
+
+
+def test_concurrent_allows_count_each_person_once_and_one_completes(app, qa):
+    """Three people Allow a request needing two, all at once: two count, exactly one of
+    them makes the transition, the third gets 409; no Allow is lost or counted twice."""
+    from portal.models import RequestApproval
+
+    for round_ in range(ROUNDS):
+        created = NOW + timedelta(minutes=round_)
+        request_id, tokens = n_of_m_request(qa, created)
+        now = created + timedelta(seconds=2)
+        results = run_together(app, {
+            "r1": allow_by(R1, request_id, tokens, now, "link"),
+            "r2": allow_by(R2, request_id, tokens, now, "link"),
+            "portal": allow_by(PORTAL_APPROVER, request_id, tokens, now, "portal")})
+        assert sorted(results.values(), key=str) == [409, "won", "won"], results
+        db.session.expire_all()
+        req = db.session.get(SessionRequest, request_id)
+        counted = sorted(db.session.scalars(select(RequestApproval.approver_email).where(
+            RequestApproval.request_id == request_id)))
+        winners = sorted(name for name, r in results.items() if r == "won")
+        emails = {"r1": R1, "r2": R2, "portal": PORTAL_APPROVER}
+        assert counted == sorted(emails[n] for n in winners)
+        assert (req.status, req.approvals_received) == ("approved", 2)
+        assert req.decided_by in counted
+        assert sorted(req.approved_by.split()) == counted
+        assert len(decided_events(request_id)) == 1
+        assert len(list(db.session.scalars(select(AuditEvent).where(
+            AuditEvent.action == "approval.counted",
+            AuditEvent.target_id == str(request_id))))) == 2
+    assert sealed_trail_check()[1] is None
+
+
+def test_one_person_allowing_twice_at_once_counts_once(app, qa):
+    from portal.models import RequestApproval
+
+    for round_ in range(ROUNDS):
+        created = NOW + timedelta(minutes=round_)
+        request_id, tokens = n_of_m_request(qa, created)
+        now = created + timedelta(seconds=2)
+        results = run_together(app, {
+            "link": allow_by(R1, request_id, tokens, now, "link"),
+            "portal": allow_by(R1, request_id, tokens, now, "portal")})
+        assert sorted(results.values(), key=str) == [409, "won"], results
+        db.session.expire_all()
+        req = db.session.get(SessionRequest, request_id)
+        assert (req.status, req.approvals_received, req.approved_by) == (
+            "pending", 1, f"{R1}\n")
+        assert db.session.scalar(select(func.count()).select_from(RequestApproval).where(
+            RequestApproval.request_id == request_id)) == 1
+
+
+def test_an_allow_that_completes_the_count_races_a_deny(app, qa):
+    """R1 has counted; R2's completing Allow and the portal approver's Deny race: exactly
+    one transition, and the loser's Allow is not left counted."""
+    from portal.models import RequestApproval
+
+    outcomes = Counter()
+    for round_ in range(ROUNDS):
+        created = NOW + timedelta(minutes=round_)
+        request_id, tokens = n_of_m_request(qa, created)
+        decisions.decide_with_link(link=decisions.find_link(tokens[R1]), decision="allow",
+                                   signed_in=user(R1), actor=CLI,
+                                   now=created + timedelta(seconds=1))
+        db.session.commit()
+        now = created + timedelta(seconds=2)
+
+        def deny():
+            approver = user(PORTAL_APPROVER)
+            return lambda: decisions.decide_in_portal(
+                user=approver, request_id=request_id, decision="deny",
+                actor=Actor.for_user(approver), now=now)
+
+        results = run_together(app, {"allow": allow_by(R2, request_id, tokens, now, "link"),
+                                     "deny": deny})
+        assert sorted(results.values(), key=str) == [409, "won"], results
+        db.session.expire_all()
+        req = db.session.get(SessionRequest, request_id)
+        counted = db.session.scalar(select(func.count()).select_from(RequestApproval).where(
+            RequestApproval.request_id == request_id))
+        if results["allow"] == "won":
+            assert (req.status, req.decided_by, counted) == ("approved", R2, 2)
+        else:
+            assert (req.status, req.decided_by, counted) == ("denied", PORTAL_APPROVER, 1)
+        assert len(decided_events(request_id)) == 1
+        outcomes[req.status] += 1
+    assert sum(outcomes.values()) == ROUNDS

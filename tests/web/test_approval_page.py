@@ -151,11 +151,16 @@ def test_page_shows_the_request_and_needs_a_click_to_decide(client, qa):
     assert 170 <= seconds <= 180
 
     page = Page(html)
-    decide_forms = [f for f in page.forms if f["attrs"].get("action") == links[R1]]
-    assert [f["attrs"]["method"] for f in decide_forms] == ["post", "post"]
-    assert [f["buttons"] for f in decide_forms] == [["Allow Session"], ["Deny"]]
-    assert [f["inputs"]["decision"] for f in decide_forms] == ["allow", "deny"]
-    assert all(f["inputs"]["csrf_token"] for f in decide_forms)
+    # One POST form: the Comment, then "Allow Session" and "Deny" (each button sends its
+    # decision); "I didn't expect this" is only a link to a confirmation page.
+    [decide_form] = [f for f in page.forms if f["attrs"].get("action") == links[R1]]
+    assert decide_form["attrs"]["method"] == "post"
+    assert decide_form["buttons"] == ["Allow Session", "Deny"]
+    assert [(a["name"], a["value"]) for t, a in page.tags if t == "button"
+            and a.get("name") == "decision"] == [("decision", "allow"), ("decision", "deny")]
+    assert decide_form["inputs"]["csrf_token"] and "comment" in decide_form["inputs"]
+    assert [a["href"] for t, a in page.tags if t == "a" and a.get("id") == "decide-report"
+            ] == [links[R1] + "/report"]
     # Nothing runs or submits by itself: scripts only by src, no handlers, no load trigger.
     assert page.scripts and all(s["attrs"].get("src") and not s["text"].strip()
                                 for s in page.scripts)

@@ -192,7 +192,7 @@ def test_decision_buttons_keep_their_ids_across_polls(app, qa):
             assert form.get("hx-target") == "#pending-rows"
             assert form.get("hx-swap") == "outerHTML"
             inputs = {n.get("name"): n.get("value") for n in form.find_all("input")}
-            assert inputs["decision"] == value
+            assert (button.get("name"), button.get("value")) == ("decision", value)
             assert ("csrf_token" in inputs) is not polled
             assert button.get("aria-label").endswith(f": {DEVICE} for {TECH}")
 
@@ -205,4 +205,6 @@ def test_decision_buttons_keep_their_ids_across_polls(app, qa):
         assert form.get("method") == "post" and form.get("action") == link
         assert not form.has("hx-post")
         inputs = {n.get("name"): n.get("value") for n in form.find_all("input")}
-        assert inputs["decision"] == value and inputs["csrf_token"]
+        button = decision_buttons(poll)[f"decide-{value}"]
+        assert (button.get("name"), button.get("value")) == ("decision", value)
+        assert inputs["csrf_token"]

@@ -12,10 +12,11 @@ from factories import NOW
 from sqlalchemy import select
 
 from portal.clock import FixedClock
+from portal.domain.approvals import parse_choices
 from portal.extensions import db
 from portal.jobs import deliver_outbox
 from portal.models import OutboxMessage
-from portal.services import accounts, agents
+from portal.services import accounts, agents, decisions
 from portal.services import requests as request_service
 from portal.services.actors import CLI, Actor
 from web.helpers import page
@@ -276,3 +277,44 @@ def test_no_link_token_api_token_or_one_time_password_on_these_pages(client, aut
         body = response.get_data(as_text=True)
         for secret in secrets:
             assert secret not in body, (url, secret)
+
+
+def test_counted_allows_a_wrong_number_and_a_report_read_so(client, auth, world):
+    turn_on(world.qa, is_email_authorization_required=True,
+            email_recipients="approver@example.com\nqa-admin@example.com",
+            approvals_required=2, is_number_matching_required=True)
+    tech = accounts.find_user("tech@example.com")
+
+    def new_request():
+        req = request_service.create_session_request(
+            technician=tech, device_name=DEVICE, reason="Ticket INC-4411: disk full",
+            actor=Actor.for_user(tech), now=NOW, base_url="http://portal.test")
+        db.session.commit()
+        return req
+
+    counted = new_request()
+    approver = accounts.find_user("approver@example.com")
+    decisions.decide_in_portal(user=approver, request_id=counted.id, decision="allow",
+                               comment="checked the ticket", number=counted.match_number,
+                               actor=Actor.for_user(approver), now=NOW)
+    db.session.commit()
+    wrong = new_request()
+    other = next(n for n in parse_choices(wrong.match_choices) if n != wrong.match_number)
+    decisions.decide_in_portal(user=approver, request_id=wrong.id, decision="allow",
+                               number=other, actor=Actor.for_user(approver), now=NOW)
+    db.session.commit()
+    reported = new_request()
+    decisions.decide_in_portal(user=approver, request_id=reported.id, decision="report",
+                               actor=Actor.for_user(approver), now=NOW)
+    db.session.commit()
+    auth.login("auditor@example.com")
+    rows = event_rows(page(client.get(timeline_url(world.qa, counted.id))))
+    assert ["Allow counted", "1 of 2 approvals — by approver@example.com — checked the ticket"
+            ] in [r[1:3] for r in rows]
+    rows = event_rows(page(client.get(timeline_url(world.qa, wrong.id))))
+    assert [f"{other} picked; the request is denied"] == [
+        r[2] for r in rows if r[1] == "Wrong number picked"]
+    rows = event_rows(page(client.get(timeline_url(world.qa, reported.id))))
+    note = next(r[2] for r in rows if r[1] == "Reported as unexpected")
+    assert note.startswith("by approver@example.com; new requests of tech@example.com to "
+                           "this device refused until ")

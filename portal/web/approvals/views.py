@@ -20,7 +20,7 @@ from portal.domain.errors import (
     SignInRequiredError,
 )
 from portal.domain import otp as otp_rules
-from portal.services import decisions, otp, otp_requests, requests as service
+from portal.services import approvals, decisions, otp, otp_requests, requests as service
 from portal.services.actors import Actor
 from portal.web.common import client_ip, current_actor, utcnow
 from portal.web.errors import status_of
@@ -47,6 +47,7 @@ def _context(link, now, **extra):
     else:
         req = link.request
         shown = {"req": req, **asdict(service.reading(req, now)),
+                 "has_counted": approvals.has_counted(req, link.recipient_email),
                  "is_link_current": decisions.is_link_current(link),
                  "is_own_request": decisions.is_own_request(req, signed_in,
                                                             link.recipient_email)}
@@ -108,6 +109,24 @@ def status(token: str):
     return _page(_templates(link)[1], **_context(link, utcnow()))
 
 
+def _number(link) -> dict:
+    """The picked number, for a session request's decision (OTP requests have none)."""
+    return {} if link.otp_request_id is not None else {"number": request.form.get("number")}
+
+
+@bp.get("/<token>/report")
+def report(token: str):
+    """"I didn't expect this": the confirmation step. A GET, so it never decides; its
+    form POSTs the report to the link like any decision."""
+    link = _find(token)
+    if link is None or link.otp_request_id is not None:
+        return _unknown()
+    context = _context(link, utcnow())
+    return _page("approvals/report.html", **context,
+                 action=url_for("approvals.decide", token=token),
+                 back_url=url_for("approvals.show", token=token))
+
+
 @bp.post("/<token>")
 def decide(token: str):
     link = _find(token)
@@ -121,7 +140,7 @@ def decide(token: str):
     try:
         decide_with_link(
             link=link, decision=request.form.get("decision", ""), signed_in=signed_in,
-            comment=request.form.get("comment"),
+            comment=request.form.get("comment"), **_number(link),
             actor=current_actor() if signed_in else
             Actor(label=link.recipient_email, client_ip=client_ip()),
             now=now, user_agent=request.headers.get("User-Agent", ""))
@@ -131,6 +150,5 @@ def decide(token: str):
     except (ForbiddenError, InvalidInputError, AlreadyDecidedError, ExpiredError) as exc:
         # The page itself, saying why; the unit of work keeps only what must stay (a
         # late decision's "timed out").
-        http_status = 400 if isinstance(exc, InvalidInputError) else status_of(exc)
-        return _page(page, http_status, **_context(link, now, error=exc.message))
+        return _page(page, status_of(exc), **_context(link, now, error=exc.message))
     return _page(page, 200, **_context(link, now, just_decided=True))

@@ -53,6 +53,10 @@ class SettingsForm(FlaskForm):
     is_otp_auto_sent_to_internal_users = BooleanField(L["is_otp_auto_sent_to_internal_users"])
     otp_expiration_minutes = _int("otp_expiration_minutes")
     otp_min_interval_minutes = _int("otp_min_interval_minutes")
+    is_reason_required = BooleanField(L["is_reason_required"])
+    approvals_required = _int("approvals_required")
+    is_number_matching_required = BooleanField(L["is_number_matching_required"])
+    report_cooldown_minutes = _int("report_cooldown_minutes")
 
     def values(self) -> dict:
         return {name: getattr(self, name).data for name in rules.LABELS}

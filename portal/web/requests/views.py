@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, current_app, make_response, render_template, request, url_for
+from flask import (Blueprint, current_app, flash, make_response, render_template, request,
+                   url_for)
 from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
@@ -12,10 +13,11 @@ from portal.domain.errors import (
     ExpiredError,
     InvalidInputError,
     NotFoundError,
+    ReportedError,
 )
 from portal.domain.permissions import Action
 from portal.domain import otp as otp_rules
-from portal.services import authz, decisions, otp_requests, requests as service
+from portal.services import approvals, authz, decisions, otp_requests, requests as service
 from portal.services import timeline as timelines
 from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
 from portal.web.errors import status_of
@@ -59,6 +61,12 @@ def connect():
                 technician=current_user, device_name=form.device.data,
                 run_as=form.run_as.data, reason=form.reason.data, actor=current_actor(),
                 now=utcnow(), base_url=current_app.config["BASE_URL"])
+        except ReportedError as exc:  # a cool-down after a report: 429, said on the form
+            apply_errors(form, {"device": [exc.message]})
+            response = make_response(render_template("requests/connect.html", form=form,
+                                                     recent=_recent()), 429)
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         except (InvalidInputError, NotFoundError) as exc:
             apply_errors(form, getattr(exc, "field_errors", None) or {"device": [exc.message]})
         else:
@@ -131,7 +139,8 @@ def _pending_context(now, *, polled=False):
     rows, total = service.pending_for(current_user, now)
     otp_rows = otp_requests.pending_for(current_user, now)
     return {"rows": [(req, {**_status_context(req, now),
-                            "is_own": decisions.is_own_request(req, current_user)})
+                            "is_own": decisions.is_own_request(req, current_user),
+                            "has_counted": approvals.has_counted(req, current_user.email)})
                      for req in rows], "total": total,
             "otp_rows": [(ask, {"seconds_left": otp_rules.seconds_until(ask.expires_at, now),
                                 "is_own": otp_requests.is_own(ask, current_user)})
@@ -163,16 +172,45 @@ def decide(request_id: int):
     try:
         req = decisions.decide_in_portal(user=current_user, request_id=request_id,
                                          decision=decision, actor=current_actor(), now=now,
+                                         comment=request.form.get("comment"),
+                                         number=request.form.get("number"),
                                          user_agent=request.headers.get("User-Agent", ""))
-    except (AlreadyDecidedError, ExpiredError) as exc:
+    except (AlreadyDecidedError, ExpiredError, InvalidInputError) as exc:
         message, category, status = exc.message, "error", status_of(exc)
     else:
-        verb = "allowed" if req.status == "approved" else "denied"
-        message, category = f"Request for {req.device.name} {verb}.", "success"
+        message, category = _decided_message(req, decision), "success"
     if is_htmx():
         return fragment("requests/_pending_rows.html", status=status, flash_message=message,
                         category=category, **_pending_context(now, polled=True))
+    if status == 422:  # bad input (a number, a comment): the list again, saying why
+        flash(message, "error")
+        return render_template("requests/pending.html", **_pending_context(now)), 422
     return done(message, url_for("requests.pending"), category=category)
+
+
+def _decided_message(req, decision: str) -> str:
+    if req.status == "pending":
+        return (f"Your Allow for {req.device.name} counted: {req.approvals_received} of "
+                f"{req.approvals_required} approvals.")
+    if decision == "report":
+        return f"Request for {req.device.name} reported as unexpected and denied."
+    if decision == "allow" and req.status == "denied":
+        return f"Request for {req.device.name} denied: the number did not match."
+    verb = "allowed" if req.status == "approved" else "denied"
+    return f"Request for {req.device.name} {verb}."
+
+
+@bp.get("/requests/<int:request_id>/report")
+def report(request_id: int):
+    """"I didn't expect this" from the pending list: the confirmation step (a GET never
+    decides; its form POSTs the report)."""
+    _may_see_pending()
+    req = service.get_request(request_id)
+    authz.require(current_user, Action.DECIDE, req.department_id,
+                  "You can't decide requests of this department.")
+    return render_template("approvals/report.html", **_status_context(req, utcnow()),
+                           action=url_for("requests.decide", request_id=req.id),
+                           back_url=url_for("requests.pending"))
 
 
 @bp.post("/otp-requests/<int:request_id>/decide")
