@@ -71,7 +71,8 @@ def create_session_request():
     req = service.create_session_request(
         technician=g.api_user, device_name=device, run_as=optional_string(data, "run_as"),
         reason=optional_string(data, "reason"), actor=user_actor(), now=now,
-        base_url=current_app.config["BASE_URL"])
+        base_url=current_app.config["BASE_URL"],
+        user_agent=request.headers.get("User-Agent", ""))
     response = jsonify(request_object(req, now))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_session_request", request_id=req.id)

@@ -47,10 +47,12 @@ def cooldown_subquery(technician_id: int, now: datetime):
 
 def refuse_creation(*, device: Device, technician: User, reason: str | None,
                     is_reason_required: bool, cooldown_until: datetime | None,
-                    actor: Actor, now: datetime) -> None:
+                    actor: Actor, now: datetime, user_agent: str = "") -> None:
     """Before exclusions are looked at: a cool-down → 429 `reported`, a required reason
-    missing → 422 `reason_required`. Each refusal is an audit event that stays."""
-    details = {"device": device.name, "technician": technician.email}
+    missing → 422 `reason_required`. Each refusal is an audit event that stays, with
+    who, from which address (the actor) and which browser or console (`user_agent`)."""
+    details = {"device": device.name, "technician": technician.email,
+               "user_agent": user_agent[:200]}
     if cooldown_until is not None and cooldown_until > now:
         seconds = rules.retry_after(cooldown_until, now)
         until = cooldown_until.strftime("%Y-%m-%d %H:%M:%S UTC")

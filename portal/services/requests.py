@@ -95,7 +95,8 @@ def requestable_devices(user: User) -> list[Device]:
 
 
 def create_session_request(*, technician: User, device_name, run_as=None, reason=None,
-                           actor: Actor, now: datetime, base_url: str) -> SessionRequest:
+                           actor: Actor, now: datetime, base_url: str,
+                           user_agent: str = "") -> SessionRequest:
     if not isinstance(device_name, str) or not device_name.strip():
         raise InvalidInputError({"device": ["Name the device."]})
     if not device_name.strip().isprintable():  # e.g. a NUL, which PostgreSQL rejects
@@ -109,7 +110,8 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
     settings = device.department.settings
     approvals.refuse_creation(device=device, technician=technician, reason=reason,
                               is_reason_required=settings.is_reason_required,
-                              cooldown_until=cooldown_until, actor=actor, now=now)
+                              cooldown_until=cooldown_until, actor=actor, now=now,
+                              user_agent=user_agent)
     plan = rules.plan_request(
         rules.PolicyInput(
             is_confirmation_shown=settings.is_confirmation_shown,

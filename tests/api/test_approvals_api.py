@@ -145,8 +145,14 @@ def test_a_report_at_the_device_then_429_reported_with_retry_after(client, w):
     assert w.device.name in alert.subject and "tech@example.com" in alert.subject
 
     before = requests_count()
-    response = create(client, w)
+    response = client.post(CREATE, json={"device": w.device.name, "reason": REASON},
+                           headers={**bearer(w.tech_token), "User-Agent": "TechConsole/7.1"},
+                           environ_base={"REMOTE_ADDR": "192.0.2.77"})
     error = assert_error(response, 429)
+    refusal = db.session.scalar(select(AuditEvent).where(
+        AuditEvent.action == "request.cooldown_refused"))
+    assert (refusal.actor, refusal.client_ip, refusal.details["user_agent"]) == (
+        "tech@example.com", "192.0.2.77", "TechConsole/7.1")
     assert error["code"] == "reported" and "UTC" in error["message"]
     retry = response.get_json()["retry_after"]
     assert 20 * 60 - 5 <= retry <= 20 * 60

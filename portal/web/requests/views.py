@@ -60,7 +60,8 @@ def connect():
             req = service.create_session_request(
                 technician=current_user, device_name=form.device.data,
                 run_as=form.run_as.data, reason=form.reason.data, actor=current_actor(),
-                now=utcnow(), base_url=current_app.config["BASE_URL"])
+                now=utcnow(), base_url=current_app.config["BASE_URL"],
+                user_agent=request.headers.get("User-Agent", ""))
         except ReportedError as exc:  # a cool-down after a report: 429, said on the form
             apply_errors(form, {"device": [exc.message]})
             response = make_response(render_template("requests/connect.html", form=form,
