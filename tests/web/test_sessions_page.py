@@ -395,3 +395,12 @@ def test_a_device_name_with_markup_is_shown_escaped(client, auth, world, make):
     body = client.get(sessions_url(world.qa)).get_data(as_text=True)
     assert "<script>alert(1)</script>" not in body
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+
+
+def test_the_departments_list_leads_an_auditor_to_sessions_and_the_audit_log(client, auth,
+                                                                             world):
+    auth.login("auditor@example.com")
+    doc = page(client.get("/departments"))
+    hrefs = {a.get("href") for a in doc.find_all("a")}
+    assert sessions_url(world.qa) in hrefs
+    assert f"/departments/{world.qa.id}/audit" in hrefs
