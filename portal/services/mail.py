@@ -131,16 +131,19 @@ def cancel_for_otp_requests(otp_request_ids: list[int]) -> None:
 
 
 def cancel_for_requests(request_ids: list[int]) -> None:
-    """The requests are over: undelivered mail about them is not sent any more, and every
-    copy of their links' secrets is redacted (rows locked in id order)."""
+    """The requests are over: undelivered mail about them is not sent any more, and its
+    copy of the links' secrets is redacted (rows locked in id order)."""
     _cancel_where(OutboxMessage.request_id.in_(request_ids))
 
 
 def _cancel_where(condition) -> None:
-    for message in db.session.scalars(select(OutboxMessage).where(condition)
-                                      .order_by(OutboxMessage.id)):
-        if message.status in ("pending", "sending"):
-            message.status = "cancelled"
+    """Only mail still in the queue holds a secret: a message is redacted as it leaves
+    it (sent, failed or cancelled), so the rest need not be read at all."""
+    for message in db.session.scalars(
+            select(OutboxMessage)
+            .where(condition, OutboxMessage.status.in_(("pending", "sending")))
+            .order_by(OutboxMessage.id)):
+        message.status = "cancelled"
         redact(message)
     db.session.flush()
 
