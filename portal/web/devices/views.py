@@ -7,7 +7,7 @@ from wtforms.fields.choices import SelectChoice
 
 from portal.domain.errors import ConflictError, InvalidInputError
 from portal.domain.permissions import Action, may
-from portal.services import authz, devices as service, otp
+from portal.services import authz, devices as service, otp, session_control
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -76,6 +76,8 @@ def _device_page(department, device, roles, form, status=200):
     return render_template(
         "devices/show.html", department=department, device=device, form=form,
         client_sessions=otp.client_sessions_of(device),
+        running_sessions=session_control.running_sessions_of(device),
+        can_end=may(roles, Action.END_SESSION),
         can_issue=may(roles, Action.ISSUE_OTP), can_manage=may(roles, Action.MANAGE),
         otp_allowed=department.settings.is_otp_allowed), status
 
