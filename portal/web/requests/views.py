@@ -17,7 +17,8 @@ from portal.domain.errors import (
 )
 from portal.domain.permissions import Action
 from portal.domain import otp as otp_rules
-from portal.services import approvals, authz, decisions, otp_requests, requests as service
+from portal.services import (approvals, authz, decisions, otp_requests, preapprovals,
+                             requests as service)
 from portal.services import timeline as timelines
 from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
 from portal.web.errors import status_of
@@ -140,7 +141,8 @@ def _pending_context(now, *, polled=False):
     otp_rows = otp_requests.pending_for(current_user, now)
     return {"rows": [(req, {**_status_context(req, now),
                             "is_own": decisions.is_own_request(req, current_user),
-                            "has_counted": approvals.has_counted(req, current_user.email)})
+                            "has_counted": approvals.has_counted(req, current_user.email),
+                            "preapproval_hours": preapprovals.offered_for(req)})
                      for req in rows], "total": total,
             "otp_rows": [(ask, {"seconds_left": otp_rules.seconds_until(ask.expires_at, now),
                                 "is_own": otp_requests.is_own(ask, current_user)})
@@ -174,6 +176,8 @@ def decide(request_id: int):
                                          decision=decision, actor=current_actor(), now=now,
                                          comment=request.form.get("comment"),
                                          number=request.form.get("number"),
+                                         preapproval_hours=request.form.get(
+                                             "preapproval_hours"),
                                          user_agent=request.headers.get("User-Agent", ""))
     except (AlreadyDecidedError, ExpiredError, InvalidInputError) as exc:
         message, category, status = exc.message, "error", status_of(exc)
