@@ -156,4 +156,6 @@ def decide(token: str):
         # The page itself, saying why; the unit of work keeps only what must stay (a
         # late decision's "timed out").
         return _page(page, status_of(exc), **_context(link, now, error=exc.message))
-    return _page(page, 200, **_context(link, now, just_decided=True))
+    hours = request.form.get("preapproval_hours") if link.otp_request_id is None else None
+    return _page(page, 200, **_context(link, now, just_decided=True,
+                                       preapproved_hours=hours or None))

@@ -17,6 +17,7 @@ from portal.domain.errors import (
 )
 from portal.domain.permissions import Action
 from portal.domain import otp as otp_rules
+from portal.domain import preapproval as preapproval_rules
 from portal.services import (approvals, authz, decisions, otp_requests, preapprovals,
                              requests as service)
 from portal.services import timeline as timelines
@@ -183,6 +184,10 @@ def decide(request_id: int):
         message, category, status = exc.message, "error", status_of(exc)
     else:
         message, category = _decided_message(req, decision), "success"
+        hours = request.form.get("preapproval_hours")
+        if decision == "allow" and req.status == "approved" and hours:
+            message += (f" {req.technician.email} is pre-approved on {req.device.name} for "
+                        f"{preapproval_rules.hours_label(int(hours))}.")
     if is_htmx():
         return fragment("requests/_pending_rows.html", status=status, flash_message=message,
                         category=category, **_pending_context(now, polled=True))
