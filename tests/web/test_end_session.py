@@ -204,3 +204,10 @@ def test_the_agents_report_names_who_ended_it_on_the_list_and_the_timeline(clien
     assert (f"by approver@example.com — remote session #{session.id} — reason: Not on the "
             "ticket") in text
     assert "ended by approver@example.com" in text
+
+
+def test_approvers_find_the_sessions_pages_from_the_pending_list(client, auth, world):
+    auth.login("approver@example.com")
+    links = page(client.get("/requests/pending")).one("p", id="running-sessions-links")
+    assert [(a.text(), a.get("href")) for a in links.find_all("a")] == [
+        ("QA Team · Sessions", f"{sessions_url(world)}?state=running")]

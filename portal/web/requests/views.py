@@ -15,7 +15,7 @@ from portal.domain.errors import (
     NotFoundError,
     ReportedError,
 )
-from portal.domain.permissions import Action
+from portal.domain.permissions import Action, may
 from portal.domain import otp as otp_rules
 from portal.domain import preapproval as preapproval_rules
 from portal.services import (approvals, authz, decisions, otp_requests, preapprovals,
@@ -154,7 +154,15 @@ def _pending_context(now, *, polled=False):
 @bp.get("/requests/pending")
 def pending():
     _may_see_pending()
-    return render_template("requests/pending.html", **_pending_context(utcnow()))
+    return render_template("requests/pending.html", **_pending_context(utcnow()),
+                           session_departments=_session_departments())
+
+
+def _session_departments():
+    """Where the user may end running sessions: the pending page links their Sessions
+    pages (approvers have no other way there)."""
+    return [department for department, roles in authz.departments_of(current_user)
+            if may(roles, Action.END_SESSION)]
 
 
 @bp.get("/requests/pending/rows")
