@@ -4,7 +4,9 @@
 It reports the device's state (PUT /api/v1/agent/state), polls its end-user prompts
 (GET /api/v1/agent/prompts) and asks the person at the console to accept, decline or
 report ("I didn't expect this") each one before its countdown runs out
-(POST /api/v1/agent/prompts/<id>). With number matching on, accepting asks which of the
+(POST /api/v1/agent/prompts/<id>). When the same poll lists a remote session an approver
+ended ("End session": `end_sessions`), it closes that session and reports the end
+(POST /api/v1/agent/sessions/<id>/end). With number matching on, accepting asks which of the
 prompt's three numbers the technician sees.
 
 `portal-agent otp request|verify|end-session` is the login screen's one-time password
@@ -41,6 +43,7 @@ from portal.agent_http import (
     AgentError,
     Portal,
     UnauthorizedError,
+    one_line,
     say,
     shown,
 )
@@ -210,6 +213,21 @@ def _current(portal: Portal, prompt: dict) -> dict | None:
     return next((p for p in listed if p.get("id") == prompt["id"]), None)
 
 
+def end_sessions(portal: Portal, ends: list[dict]) -> None:
+    """Close each session the portal asks to end, and report its end."""
+    for end in ends:
+        reason = one_line(end.get("reason"))
+        say(f"\nEnding remote session #{end['id']}: the portal asks for it"
+            + (f" (reason: {reason})." if reason else " (no reason given)."))
+        status, _body = portal.end_session(end["id"])
+        if status == 200:
+            say(f"  Remote session #{end['id']} closed; its end was reported.")
+        elif status == 409:
+            say(f"  Remote session #{end['id']} had already ended.")
+        else:
+            say(f"  Remote session #{end['id']} is not known on this device.")
+
+
 def run(args: argparse.Namespace) -> int:
     portal = Portal(args.url, args.token)
     user = None if args.no_user else args.user
@@ -227,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
                 portal.report_state(args.locked, user)
                 last_report = time.monotonic()
             fetched = time.monotonic()
-            listed = portal.prompts()
+            listed, ends = portal.poll()
+            end_sessions(portal, ends)  # a failed report is asked for again next poll
             handled &= {p.get("id") for p in listed}  # forget prompts that are gone
             fresh = [p for p in listed if p.get("id") not in handled]
             if args.once and not fresh:

@@ -106,11 +106,22 @@ class Portal:
         self.call("PUT", "/agent/state", {"locked": locked, "logged_in_user": user})
 
     def prompts(self) -> list[dict]:
+        return self.poll()[0]
+
+    def poll(self) -> tuple[list[dict], list[dict]]:
+        """(open prompts, sessions the portal asks this device to end)."""
         _status, body = self.call("GET", "/agent/prompts")
         prompts = body.get("prompts") if isinstance(body, dict) else None
         if not isinstance(prompts, list):
             raise AgentError("the portal's prompt list was not understood")
-        return prompts
+        ends = body.get("end_sessions") or []
+        if not isinstance(ends, list):
+            raise AgentError("the portal's list of sessions to end was not understood")
+        return prompts, [e for e in ends if isinstance(e, dict)
+                         and isinstance(e.get("id"), int) and not isinstance(e["id"], bool)]
+
+    def end_session(self, session_id: int) -> tuple[int, dict]:
+        return self.call("POST", f"/agent/sessions/{session_id}/end")
 
     def decide(self, prompt_id: int, decision: str, number: int | None = None
                ) -> tuple[int, dict]:

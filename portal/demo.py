@@ -32,7 +32,9 @@ DEPARTMENTS = {
         "settings": {"is_confirmation_shown": True, "is_email_authorization_required": True,
                      "email_recipients": "approver@example.com\nqa-admin@example.com",
                      # One-time passwords by approval: no auto-send is on.
-                     "is_otp_allowed": True},
+                     "is_otp_allowed": True,
+                     # "Allow Session" can also pre-approve the technician for up to 8 h.
+                     "preapproval_max_hours": 8},
     },
     "Sales Team": {
         "groups": ["Laptops"],
@@ -124,7 +126,8 @@ def seed(app) -> list[tuple[str, str]]:
                None)]
     owners += [(f"{d.name} (device token)", None, d)
                for d in db.session.scalars(select(Device).order_by(Device.name))
-               if d.name in {"WIN-0859G9I39J0", "WIN-SALES-01"}]
+               # ubuntu-qa-03 runs the tour's running session (to end it).
+               if d.name in {"WIN-0859G9I39J0", "WIN-SALES-01", "ubuntu-qa-03"}]
     for label, user, device in owners:
         token = demo_token(key, label)
         digest = crypto.keyed_hash(token)

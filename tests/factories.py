@@ -39,6 +39,7 @@ DESIGN_LABELS = {
     "approvals_required": "Approvals required",
     "is_number_matching_required": "Require number matching",
     "report_cooldown_minutes": "Cool-down after a report (minutes)",
+    "preapproval_max_hours": "Allow pre-approval for up to (hours)",
 }
 
 DESIGN_DEFAULTS = {
@@ -58,6 +59,7 @@ DESIGN_DEFAULTS = {
     "approvals_required": 1,
     "is_number_matching_required": False,
     "report_cooldown_minutes": 30,
+    "preapproval_max_hours": 0,
 }
 
 

@@ -24,7 +24,7 @@ def test_demo_seeds_prints_sign_ins_and_is_idempotent(tmp_path, monkeypatch):
                   "auditor@example.com", "technician@example.com"):
         assert email in first.output
     tokens = re.findall(r"token\): (\S+)", first.output)
-    assert len(tokens) == 3
+    assert len(tokens) == 4  # the technician's, and three devices' (one runs a session)
 
     database = tmp_path / "portal.sqlite3"
     counts = _counts(database)
@@ -34,6 +34,11 @@ def test_demo_seeds_prints_sign_ins_and_is_idempotent(tmp_path, monkeypatch):
             "SELECT s.approvals_required, s.is_number_matching_required, "
             "s.is_reason_required FROM department_settings s JOIN departments d "
             "ON d.id = s.department_id WHERE d.name = 'Ops Team'").fetchone() == (2, 1, 1)
+        # The tour's pre-approval: QA Team's Allow offers up to 8 hours.
+        assert conn.execute(
+            "SELECT s.preapproval_max_hours, s.approvals_required FROM department_settings s "
+            "JOIN departments d ON d.id = s.department_id WHERE d.name = 'QA Team'"
+        ).fetchone() == (8, 1)
 
     again = runner.invoke(demo_command, ["--no-serve", "--port", "5055"])
     assert again.exit_code == 0, again.output

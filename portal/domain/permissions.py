@@ -17,6 +17,7 @@ class Action(StrEnum):
     REQUEST = "request"      # ask for a session to one of its devices
     ISSUE_OTP = "issue_otp"  # "Generate one-time password" on one of its devices
     ADMINISTER = "administer"  # create and rename departments, read the outbox
+    END_SESSION = "end_session"  # "End session" on one of its running remote sessions
 
 
 ADMIN = "admin"
@@ -34,8 +35,8 @@ ALL_ROLES = (ADMIN, *DEPARTMENT_ROLES)
 PERMISSIONS: dict[str, frozenset[Action]] = {
     ADMIN: frozenset(Action),
     "department_admin": frozenset({Action.VIEW, Action.MANAGE, Action.DECIDE,
-                                   Action.ISSUE_OTP}),
-    "approver": frozenset({Action.DECIDE, Action.ISSUE_OTP}),
+                                   Action.ISSUE_OTP, Action.END_SESSION}),
+    "approver": frozenset({Action.DECIDE, Action.ISSUE_OTP, Action.END_SESSION}),
     "auditor": frozenset({Action.VIEW}),
     "technician": frozenset({Action.REQUEST}),
 }

@@ -83,6 +83,7 @@ MSG_DENIED_BY = "The request was denied by {who}."
 DECIDED_BY_END_USER = "end_user"
 DECIDED_BY_POLICY = "policy"
 DECIDED_BY_EXCLUSION = "exclusion"
+DECIDED_BY_PRE_APPROVAL = "pre_approval"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class PolicyInput:
     is_locked: bool
     logged_in_user: str | None
     exclusion: str | None = None  # e.g. "device excluded" / "group “QA” excluded"
+    # A live pre-approval of this technician on this device: its decision reason
+    # ("pre-approved by … until …"), looked at right after exclusions.
+    pre_approval: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,9 @@ def plan_request(policy: PolicyInput, now: datetime) -> Plan:
     if policy.exclusion:
         return Plan(Status.APPROVED, EndUserCheck.SKIPPED, EmailCheck.SKIPPED, None, None,
                     now, now, DECIDED_BY_EXCLUSION, policy.exclusion)
+    if policy.pre_approval:
+        return Plan(Status.APPROVED, EndUserCheck.SKIPPED, EmailCheck.SKIPPED, None, None,
+                    now, now, DECIDED_BY_PRE_APPROVAL, policy.pre_approval)
     end_user = EndUserCheck.SKIPPED
     skipped_because = None
     if policy.is_confirmation_shown:
@@ -203,6 +210,7 @@ DECIDER_LABELS = {
     DECIDED_BY_END_USER: "the end user at the device",
     DECIDED_BY_POLICY: "policy",
     DECIDED_BY_EXCLUSION: "an exclusion",
+    DECIDED_BY_PRE_APPROVAL: "a pre-approval",
 }
 
 

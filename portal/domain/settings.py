@@ -26,6 +26,7 @@ OTP_EXPIRATION = IntRange(1, 1440, 30)
 OTP_MIN_INTERVAL = IntRange(1, 1440, 60)
 APPROVALS_REQUIRED = IntRange(1, 5, 1)
 REPORT_COOLDOWN = IntRange(1, 1440, 30)
+PREAPPROVAL_MAX_HOURS = IntRange(0, 24, 0)
 MAX_MESSAGE_LENGTH = 500
 MAX_RECIPIENTS = 20
 DEFAULT_CONFIRMATION_MESSAGE = (
@@ -58,6 +59,7 @@ LABELS: dict[str, str] = {
     "approvals_required": "Approvals required",
     "is_number_matching_required": "Require number matching",
     "report_cooldown_minutes": "Cool-down after a report (minutes)",
+    "preapproval_max_hours": "Allow pre-approval for up to (hours)",
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -78,6 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "approvals_required": APPROVALS_REQUIRED.default,
     "is_number_matching_required": False,
     "report_cooldown_minutes": REPORT_COOLDOWN.default,
+    "preapproval_max_hours": PREAPPROVAL_MAX_HOURS.default,
 }
 
 RANGES: dict[str, IntRange] = {
@@ -87,6 +90,7 @@ RANGES: dict[str, IntRange] = {
     "otp_min_interval_minutes": OTP_MIN_INTERVAL,
     "approvals_required": APPROVALS_REQUIRED,
     "report_cooldown_minutes": REPORT_COOLDOWN,
+    "preapproval_max_hours": PREAPPROVAL_MAX_HOURS,
 }
 
 _SEPARATORS = re.compile(r"[,;\s]+")

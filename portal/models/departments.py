@@ -148,6 +148,11 @@ class DepartmentSettings(db.Model):
             f"AND {rules.REPORT_COOLDOWN.high}",
             name="report_cooldown_range",
         ),
+        CheckConstraint(
+            f"preapproval_max_hours BETWEEN {rules.PREAPPROVAL_MAX_HOURS.low} "
+            f"AND {rules.PREAPPROVAL_MAX_HOURS.high}",
+            name="preapproval_max_hours_range",
+        ),
     )
 
     department_id: Mapped[int] = mapped_column(
@@ -190,6 +195,9 @@ class DepartmentSettings(db.Model):
     report_cooldown_minutes: Mapped[int] = mapped_column(
         Integer, default=rules.REPORT_COOLDOWN.default,
         server_default=text(str(rules.REPORT_COOLDOWN.default)))
+    preapproval_max_hours: Mapped[int] = mapped_column(
+        Integer, default=rules.PREAPPROVAL_MAX_HOURS.default,
+        server_default=text(str(rules.PREAPPROVAL_MAX_HOURS.default)))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     department: Mapped[Department] = relationship(back_populates="settings")

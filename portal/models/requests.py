@@ -151,6 +151,11 @@ class RemoteSession(db.Model):
         # same for one device.
         Index("ix_remote_sessions_started_at_id", "started_at", "id"),
         Index("ix_remote_sessions_device_id_started_at", "device_id", "started_at"),
+        # The agent's prompts poll: this device's sessions whose end was asked for and
+        # that have not ended yet (few rows, whatever the history).
+        Index("ix_remote_sessions_device_id_end_requested", "device_id",
+              sqlite_where=text("end_requested_at IS NOT NULL AND ended_at IS NULL"),
+              postgresql_where=text("end_requested_at IS NOT NULL AND ended_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -160,6 +165,48 @@ class RemoteSession(db.Model):
                                            index=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # "End session": who asked for the end (an email), when, and why (optional); the
+    # agent learns it on its next prompts poll and reports the end.
+    end_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_requested_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "Ended by": the person who pressed End session, or "device" when the agent ended
+    # the session by itself; null while running.
+    ended_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+
+    request: Mapped[SessionRequest] = relationship()
+    device: Mapped[Device] = relationship()
+
+
+class PreApproval(db.Model):
+    """"Also allow this technician on this device for" some hours: while it is live (not
+    expired, not revoked) that technician's requests to that device are approved at
+    once."""
+
+    __tablename__ = "pre_approvals"
+    __table_args__ = (
+        # The look-up at every create (read with the device) and a report's revocation.
+        Index("ix_pre_approvals_technician_device_expires", "technician_id", "device_id",
+              "expires_at"),
+        # The device page's list.
+        Index("ix_pre_approvals_device_id_expires_at", "device_id", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    department_id: Mapped[int] = mapped_column(
+        ForeignKey("departments.id", ondelete="CASCADE"))
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    technician_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("session_requests.id", ondelete="SET NULL"), nullable=True)
+    granted_by: Mapped[str] = mapped_column(String(254))  # the email of who allowed
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(254), nullable=True)
+
+    device: Mapped[Device] = relationship()
+    technician: Mapped[User] = relationship()
 
 
 class OutboxMessage(db.Model):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -110,13 +110,19 @@ def start_remote_session(*, device: Device, request_id, actor: Actor,
     return session
 
 
+ENDED_BY_DEVICE = "device"
+
+
 def end_remote_session(*, device: Device, session_id: int, actor: Actor,
                        now: datetime) -> RemoteSession:
-    session = transitions.end_once(RemoteSession, device=device, session_id=session_id,
-                                   now=now, what="session")
+    """The agent reports the end. "Ended by" is whoever pressed End session, if someone
+    did, else the device (read in the same conditional UPDATE that ends it)."""
+    session = transitions.end_once(
+        RemoteSession, device=device, session_id=session_id, now=now, what="session",
+        ended_by=func.coalesce(RemoteSession.end_requested_by, ENDED_BY_DEVICE))
     req = db.session.get(SessionRequest, session.request_id)
     record_event(actor=actor, action="session.ended", target_type="session_request",
                  target_id=req.id, department_id=req.department_id, now=now,
                  details={"request_id": req.id, "device": device.name,
-                          "remote_session_id": session.id})
+                          "remote_session_id": session.id, "ended_by": session.ended_by})
     return session

@@ -23,7 +23,7 @@ from portal.extensions import db
 from portal.models import (Device, Membership, RequestApproval, RequestReport,
                            SessionRequest, User)
 from portal.models.types import UTCDateTime
-from portal.services import mail
+from portal.services import mail, preapprovals
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.unit_of_work import keep_changes
@@ -143,9 +143,10 @@ def refuse_counted(req: SessionRequest, email: str, now: datetime) -> None:
 # --- "I didn't expect this" ----------------------------------------------------------
 
 
-def record_report(req: SessionRequest, *, reported_by: str, minutes: int,
+def record_report(req: SessionRequest, *, reported_by: str, minutes: int, actor: Actor,
                   now: datetime) -> RequestReport:
-    """The report of a request just denied as unexpected: its cool-down, and the email
+    """The report of a request just denied as unexpected: its cool-down, the revocation
+    of that technician's pre-approvals on that device (each audited), and the email
     to every department admin (in the outbox, not tied to the request, so the request
     being over does not cancel it)."""
     report = RequestReport(
@@ -153,6 +154,7 @@ def record_report(req: SessionRequest, *, reported_by: str, minutes: int,
         technician_id=req.technician_id, reported_by=reported_by, reported_at=now,
         cooldown_until=rules.cooldown_until(now, minutes))
     db.session.add(report)
+    preapprovals.revoke_after_report(req, reported_by=reported_by, actor=actor, now=now)
     who = rules.END_USER_REPORTER if reported_by == DECIDED_BY_END_USER else reported_by
     admins = db.session.scalars(
         select(User.email).join(Membership, Membership.user_id == User.id)

@@ -28,7 +28,8 @@ from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
 from portal.models import (ApprovalLink, Department, Device, OutboxMessage, SessionRequest,
                            User)
-from portal.services import approvals, authz, crypto, mail, transitions
+from portal.domain import preapproval as preapproval_rules
+from portal.services import approvals, authz, crypto, mail, preapprovals, transitions
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event, record_events
 from portal.services.requests import audit_request, get_own_request, get_request
@@ -118,7 +119,8 @@ def decide_by_end_user(*, device: Device, request_id: int, decision: str, actor:
 def _reported(req: SessionRequest, reported_by: str, actor: Actor, now: datetime,
               **details) -> None:
     minutes = req.department.settings.report_cooldown_minutes
-    report = approvals.record_report(req, reported_by=reported_by, minutes=minutes, now=now)
+    report = approvals.record_report(req, reported_by=reported_by, minutes=minutes,
+                                     actor=actor, now=now)
     audit_request(req, "request.reported", actor, now, reported_by=reported_by,
                   technician=req.technician.email,
                   cooldown_until=report.cooldown_until.isoformat(), **details)
@@ -201,8 +203,8 @@ def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
 
 
 def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | None,
-                     comment=None, number=None, actor: Actor, now: datetime,
-                     user_agent: str = "") -> SessionRequest:
+                     comment=None, number=None, preapproval_hours=None, actor: Actor,
+                     now: datetime, user_agent: str = "") -> SessionRequest:
     """A recipient's Allow / Deny / report from the email's link (found with find_link)."""
     comment = _check_decision(decision, comment)
     req = link.request
@@ -211,13 +213,14 @@ def decide_with_link(*, link: ApprovalLink, decision: str, signed_in: User | Non
         raise ForbiddenError(OWN_REQUEST)
     return _approver_decides(
         req, decision, decided_by=link.recipient_email, user_id=signed_in.id if signed_in
-        else None, comment=comment, number=number, actor=actor, now=now,
+        else None, comment=comment, number=number, preapproval_hours=preapproval_hours,
+        actor=actor, now=now,
         check_column="email_check", check="email", recipient=link.recipient_email,
         user_agent=user_agent[:200])
 
 
 def decide_in_portal(*, user: User, request_id: int, decision: str, actor: Actor,
-                     now: datetime, comment=None, number=None,
+                     now: datetime, comment=None, number=None, preapproval_hours=None,
                      user_agent: str = "") -> SessionRequest:
     comment = _check_decision(decision, comment)
     req = get_request(request_id)
@@ -226,7 +229,8 @@ def decide_in_portal(*, user: User, request_id: int, decision: str, actor: Actor
     if is_own_request(req, user):
         raise ForbiddenError(OWN_REQUEST)
     return _approver_decides(req, decision, decided_by=user.email, user_id=user.id,
-                             comment=comment, number=number, actor=actor, now=now,
+                             comment=comment, number=number,
+                             preapproval_hours=preapproval_hours, actor=actor, now=now,
                              check="portal", user_agent=user_agent[:200])
 
 
@@ -242,17 +246,24 @@ def _check_decision(decision: str, comment) -> str | None:
 def _approver_decides(req: SessionRequest, decision: str, *, decided_by: str,
                       user_id: int | None, comment: str | None, number, actor: Actor,
                       now: datetime, check_column: str | None = None,
-                      **details) -> SessionRequest:
+                      preapproval_hours=None, **details) -> SessionRequest:
     """Allow, Deny or report by a person (a link's recipient or a portal approver). An
     Allow is counted towards "Approvals required" (approvals.count_allow); the Allow that
-    completes the count, a Deny, a wrong number or a report decides."""
+    completes the count, a Deny, a wrong number or a report decides. An Allow that
+    approves may also grant a pre-approval window (`preapproval_hours`)."""
+    hours = preapproval_rules.parse_hours(preapproval_hours, preapprovals.offered_for(req)) \
+        if decision == "allow" else None  # 422 before anything changes
     matched = approval_rules.check_number(
         req.match_number, approval_rules.parse_choices(req.match_choices), number) \
         if decision == "allow" else None  # 422 before anything is looked at
     approvals.refuse_counted(req, decided_by, now)
     if decision == "allow" and matched is not False:
-        return _count_allow(req, decided_by=decided_by, user_id=user_id, comment=comment,
-                            actor=actor, now=now, check_column=check_column, **details)
+        _count_allow(req, decided_by=decided_by, user_id=user_id, comment=comment,
+                     actor=actor, now=now, check_column=check_column, **details)
+        if hours and req.status == Status.APPROVED.value:
+            preapprovals.grant(req, granted_by=decided_by, hours=hours, actor=actor,
+                               now=now)
+        return req
     values = {"status": Status.DENIED.value, "decided_by": decided_by,
               "decision_reason": comment}
     if matched is False:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import joinedload
 
 from portal import notifier
 from portal.domain import approvals as approval_rules
+from portal.domain import preapproval as preapproval_rules
 from portal.domain import requests as rules
 from portal.domain.errors import InvalidInputError, NotFoundError
 from portal.domain.requests import EmailCheck, Status
@@ -25,7 +26,7 @@ from portal.models import (
     SessionRequest,
     User,
 )
-from portal.services import approvals, authz, crypto, mail
+from portal.services import approvals, authz, crypto, mail, preapprovals
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 
@@ -58,11 +59,12 @@ def clean_text(value, field: str, limit: int) -> str | None:
 
 
 def _requested_device(name: str, technician: User, now: datetime
-                      ) -> tuple[Device, str | None, datetime | None] | None:
+                      ) -> tuple[Device, str | None, datetime | None, str | None] | None:
     """The device by name with what the policy reads about it, in one query: its
     department's settings (eager), why it is excluded from session confirmation, if it
-    is (its own exclusion, or its group's), and until when a report keeps this
-    technician off it, if one does."""
+    is (its own exclusion, or its group's), until when a report keeps this technician
+    off it, if one does, and this technician's live pre-approval on it, if any (as its
+    decision reason)."""
     is_device_excluded = (select(Exclusion.id).where(Exclusion.device_id == Device.id)
                           .exists())
     excluded_group = (select(DeviceGroup.name)
@@ -71,18 +73,22 @@ def _requested_device(name: str, technician: User, now: datetime
                       .scalar_subquery())
     row = db.session.execute(
         select(Device, is_device_excluded, excluded_group,
-               approvals.cooldown_subquery(technician.id, now))
+               approvals.cooldown_subquery(technician.id, now),
+               *preapprovals.live_columns(technician.id, now))
         .where(Device.name == name)
         .options(joinedload(Device.department).joinedload(Department.settings))).first()
     if row is None:
         return None
-    device, device_excluded, group_name, cooldown_until = row
+    device, device_excluded, group_name, cooldown_until, granted_by, until = row
+    pre_approval = preapproval_rules.decision_reason(granted_by, until) \
+        if granted_by is not None and until is not None else None
     if device_excluded:
-        return device, "device excluded from session confirmation", cooldown_until
+        return (device, "device excluded from session confirmation", cooldown_until,
+                pre_approval)
     if group_name is not None:
         return (device, f"group “{group_name}” excluded from session confirmation",
-                cooldown_until)
-    return device, None, cooldown_until
+                cooldown_until, pre_approval)
+    return device, None, cooldown_until, pre_approval
 
 
 def requestable_devices(user: User) -> list[Device]:
@@ -106,7 +112,7 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
     found = _requested_device(device_name.strip(), technician, now)
     if found is None or not authz.can(technician, Action.REQUEST, found[0].department_id):
         raise NotFoundError("No such device in your departments.")
-    device, exclusion, cooldown_until = found
+    device, exclusion, cooldown_until, pre_approval = found
     settings = device.department.settings
     approvals.refuse_creation(device=device, technician=technician, reason=reason,
                               is_reason_required=settings.is_reason_required,
@@ -122,6 +128,7 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
             is_locked=device.is_locked,
             logged_in_user=device.logged_in_user,
             exclusion=exclusion,
+            pre_approval=pre_approval,
         ),
         now,
     )

@@ -74,6 +74,14 @@ class RemoteSessionRow:
     started_at: datetime
     ended_at: datetime | None
     seconds: int  # the duration, or for a running session how long it has run so far
+    ended_by: str | None = None  # who pressed End session, or "device"; None if running
+    end_requested_by: str | None = None  # End session pressed, the device not done yet
+    end_requested_at: datetime | None = None
+
+    @property
+    def is_ending(self) -> bool:
+        """End session was pressed; the device has not reported the end yet."""
+        return self.ended_at is None and self.end_requested_at is not None
 
     @property
     def is_running(self) -> bool:
@@ -150,7 +158,9 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
     """Newest first; `before` is a page key (next_after of the page before)."""
     query = (
         select(RemoteSession.id, RemoteSession.request_id, RemoteSession.started_at,
-               RemoteSession.ended_at, Device.name.label("device"),
+               RemoteSession.ended_at, RemoteSession.ended_by,
+               RemoteSession.end_requested_by, RemoteSession.end_requested_at,
+               Device.name.label("device"),
                User.email.label("technician"), SessionRequest.run_as,
                SessionRequest.decided_by)
         .join(SessionRequest, SessionRequest.id == RemoteSession.request_id)
@@ -175,7 +185,9 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
         id=row.id, request_id=row.request_id, device=row.device, technician=row.technician,
         run_as=row.run_as, approved_by=approved_by_label(row.decided_by),
         started_at=row.started_at, ended_at=row.ended_at,
-        seconds=_seconds(row.started_at, row.ended_at, now)) for row in page.items],
+        seconds=_seconds(row.started_at, row.ended_at, now), ended_by=row.ended_by,
+        end_requested_by=row.end_requested_by, end_requested_at=row.end_requested_at)
+        for row in page.items],
         page.next_after)
 
 

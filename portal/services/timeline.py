@@ -51,7 +51,10 @@ LABELS = {
     "request.cancelled": "Cancelled",
     "request.timed_out": "Timed out",
     "otp.timed_out": "Timed out",
+    "preapproval.granted": "Pre-approval granted",
+    "preapproval.revoked": "Pre-approval revoked",
     "session.started": "Session started",
+    "session.end_requested": "End of session requested",
     "session.ended": "Session ended",
     "client_session.started": "Client session started",
     "client_session.ended": "Client session ended",
@@ -149,9 +152,21 @@ def _note(event: AuditEvent) -> str:
         return one_line(note, 600)
     if action.startswith("client_session."):
         return one_line(d.get("user_name", ""), 600)
+    if action == "session.end_requested":
+        note = (f"by {d.get('requested_by') or event.actor} — remote session "
+                f"#{d.get('remote_session_id')}")
+        if d.get("reason"):
+            note += f" — reason: {d['reason']}"
+        return one_line(note, 600)
+    if action == "preapproval.granted":
+        return one_line(f"by {d.get('granted_by') or event.actor}: {d.get('technician', '')} "
+                        f"on this device until {d.get('until', '')}", 600)
     if action.startswith("session."):
-        return f"remote session #{d['remote_session_id']}" if d.get("remote_session_id") \
+        note = f"remote session #{d['remote_session_id']}" if d.get("remote_session_id") \
             else ""
+        if d.get("ended_by"):
+            note += f" — ended by {d['ended_by']}"
+        return one_line(note, 600)
     return ""
 
 

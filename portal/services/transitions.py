@@ -49,15 +49,16 @@ def next_deadline(model) -> datetime | None:
                              .order_by(model.expires_at).limit(1))
 
 
-def end_once(model, *, device: Device, session_id: int, now: datetime, what: str):
-    """End a remote or client session of `device` once: 404 for another device's (or an
-    unknown) one, 409 when it has ended already."""
+def end_once(model, *, device: Device, session_id: int, now: datetime, what: str,
+             **values):
+    """End a remote or client session of `device` once (setting `values` too): 404 for
+    another device's (or an unknown) one, 409 when it has ended already."""
     session = db.session.get(model, session_id)
     if session is None or session.device_id != device.id:
         raise NotFoundError(f"No such {what} on this device.")
     won = db.session.execute(
         update(model).where(model.id == session.id, model.ended_at.is_(None))
-        .values(ended_at=now).execution_options(synchronize_session=False)).rowcount == 1
+        .values(ended_at=now, **values).execution_options(synchronize_session=False)).rowcount == 1
     db.session.expire(session)
     if not won:
         raise ConflictError(f"This {what} has already ended.")

@@ -140,7 +140,8 @@ def test_a_prompt_past_its_deadline_is_gone_even_while_email_is_open(client, w):
     assert [p["id"] for p in client.get(PROMPTS, headers=bearer(w.device_token))
             .get_json()["prompts"]] == [rid]
     age(rid, 61)
-    assert client.get(PROMPTS, headers=bearer(w.device_token)).get_json() == {"prompts": []}
+    assert client.get(PROMPTS, headers=bearer(w.device_token)).get_json() == {"prompts": [],
+                                                                           "end_sessions": []}
 
 
 def test_the_first_fetch_of_a_prompt_is_audited_once(client, w):

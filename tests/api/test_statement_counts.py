@@ -24,7 +24,8 @@ from portal.services.actors import CLI
 
 # Measured 6: the token with its user; the device with its department's settings and
 # its exclusion; the technician's roles there; INSERT the request; INSERT both approval
-# links (one statement); INSERT both emails (one statement).
+# links (one statement); INSERT both emails (one statement). The cool-down and a live
+# pre-approval (issue 11) are scalar subqueries of the device's query: no statement more.
 CREATE_BUDGET = 7
 # Measured 6, as above: the end-user prompt is part of the request's row.
 CREATE_WITH_CONFIRMATION_BUDGET = 7
@@ -33,10 +34,12 @@ CREATE_WITH_CONFIRMATION_BUDGET = 7
 FIRST_OPENING_BUDGET = 3
 # Measured 1: the link with all it shows. No write at all.
 LATER_OPENING_BUDGET = 1
-# Measured 2: the token with its device; the open prompts with their technicians.
-PROMPTS_BUDGET = 3
-# Measured 3: as above, and the one UPDATE … RETURNING that marks the first fetch.
-PROMPTS_FIRST_FETCH_BUDGET = 4
+# Measured 3: the token with its device; the open prompts with their technicians; the
+# sessions an approver asked to end (`end_sessions`, one read of a partial index — issue
+# 11 added it: the agent learns "End session" on the poll it makes anyway).
+PROMPTS_BUDGET = 4
+# Measured 4: as above, and the one UPDATE … RETURNING that marks the first fetch.
+PROMPTS_FIRST_FETCH_BUDGET = 5
 
 CREATE = "/api/v1/session-requests"
 PROMPTS = "/api/v1/agent/prompts"
@@ -153,7 +156,7 @@ def test_the_prompts_poll_stays_within_its_budget_and_writes_only_a_first_fetch(
     poll = lambda: client.get(PROMPTS, headers=bearer(w.device_token))  # noqa: E731
 
     response, log, events = measured(poll)
-    assert response.get_json() == {"prompts": []}
+    assert response.get_json() == {"prompts": [], "end_sessions": []}
     assert len(log.own) <= PROMPTS_BUDGET, log.listing()
 
     create(client, w)
@@ -218,3 +221,31 @@ def test_approvals_cost_a_create_no_statement(client, w):
     assert obj["approvals"]["required"] == 2 and 10 <= obj["match_number"] <= 99
     assert len(log.own) <= CREATE_BUDGET, log.listing()
     assert events == 3
+
+
+# Measured 4: the token with its user; the device with its settings, exclusion,
+# cool-down and this technician's live pre-approval (scalar subqueries of the same
+# statement); the technician's roles there; INSERT the request. No link, no email.
+CREATE_PRE_APPROVED_BUDGET = 5
+
+
+def test_a_pre_approved_create_is_read_with_the_device(client, w):
+    """Pre-approval (issue 11) costs a create no statement: who granted the live window
+    and until when are read in the device's query; the approved request then needs no
+    links and no emails."""
+    from portal.models import PreApproval
+
+    configure(w.qa, preapproval_max_hours=4)
+    first = create(client, w).get_json()
+    db.session.add(PreApproval(
+        department_id=w.qa.id, device_id=w.device.id, technician_id=w.tech.id,
+        request_id=first["id"], granted_by=RECIPIENTS[0], granted_at=utcnow(),
+        expires_at=utcnow() + timedelta(hours=2)))
+    db.session.commit()
+    response, log, events = measured(lambda: create(client, w))
+    assert response.status_code == 201
+    obj = response.get_json()
+    assert (obj["status"], obj["decided_by"]) == ("approved", "pre_approval")
+    assert obj["decision_reason"].startswith(f"pre-approved by {RECIPIENTS[0]} until ")
+    assert len(log.own) <= CREATE_PRE_APPROVED_BUDGET, log.listing()
+    assert events == 2  # request.created, request.decided

@@ -12,7 +12,7 @@ from factories import NOW
 
 from portal.extensions import db
 from portal.models import Department
-from portal.services import departments
+from portal.services import agents, departments, requests
 from portal.services.actors import CLI
 
 from .helpers import HTMX, location, settings_form, snapshot, split_url
@@ -34,6 +34,7 @@ class Action:
     data: dict | None = None
     htmx: bool = False
     admin_only: bool = False  # global admins only
+    approver_ok: bool = False  # approvers of A may too (the Sessions page, End session)
     edit_page: bool = False   # a GET that only serves a change form
     ok: int = 200
     shows: str | None = None  # text an allowed GET shows
@@ -93,6 +94,13 @@ ACTIONS = [
            shows="Alpha"),
     Action("rename department", "POST", "/departments/{a}/edit", {"name": "Alpha 2"},
            admin_only=True, ok=303),
+    # Last: an allowed End session flashes its message onto the next page shown.
+    Action("sessions page", "GET", "/departments/{a}/sessions", approver_ok=True,
+           shows="A-DEV-1"),
+    Action("end session page", "GET", "/departments/{a}/sessions/{rsid}/end",
+           approver_ok=True, edit_page=True, shows="A-DEV-1"),
+    Action("end session", "POST", "/departments/{a}/sessions/{rsid}/end",
+           {"reason": "not expected"}, approver_ok=True, ok=303),
 ]
 
 
@@ -105,6 +113,8 @@ def expected(user: str | None, action: Action) -> str:
     if action.admin_only:
         return "forbidden"
     if user == A_ADMIN:
+        return "ok"
+    if user == APPROVER and action.approver_ok:
         return "ok"
     if user == AUDITOR:
         # Read-only: the lists and the settings, not the pages that only serve change forms.
@@ -124,8 +134,14 @@ def world(make):
                                           now=NOW)
     db.session.commit()
     spare = make.user("spare@example.com", "approver", a)
+    # A running remote session on A-DEV-1 (excluded: approved at once), for End session.
+    runner = make.user("runner@example.com", "technician", a)
+    req = requests.create_session_request(technician=runner, device_name="A-DEV-1",
+                                          actor=CLI, now=NOW, base_url="http://portal.test")
+    session = agents.start_remote_session(device=dev, request_id=req.id, actor=CLI, now=NOW)
+    db.session.commit()
     return {"a": a.id, "b": b.id, "dev": dev.id, "dev2": dev2.id, "gid": group.id,
-            "eid": exclusion.id, "mid": spare.memberships[0].id}
+            "eid": exclusion.id, "mid": spare.memberships[0].id, "rsid": session.id}
 
 
 ROLES = {  # user -> (role, department key in `world`)
@@ -243,6 +259,7 @@ def test_a_foreign_referer_is_not_used_as_next(client, world):
 
 
 @pytest.mark.parametrize("path", ["/departments/{b}/settings", "/departments/{b}/exclusions",
+                                  "/departments/{b}/sessions",
                                   "/departments/{b}/devices", "/departments/{b}/groups",
                                   "/departments/{b}/members", "/departments/{b}/audit",
                                   "/departments/{b}/audit/export.csv",

@@ -21,7 +21,7 @@ DEVICE = "WIN-0859G9I39J0"
 R1, R2 = "first-approver@example.com", "second-approver@example.com"
 TECH = "tech@example.com"
 APPROVALS = ["is_reason_required", "approvals_required", "is_number_matching_required",
-             "report_cooldown_minutes"]
+             "report_cooldown_minutes", "preapproval_max_hours"]
 
 
 @pytest.fixture
@@ -84,6 +84,7 @@ def test_the_approvals_section_has_its_labels_defaults_and_ranges(app, client, q
     assert labels == [DESIGN_LABELS[f] for f in APPROVALS]
     assert control(doc, "approvals_required").get("value") == "1"
     assert control(doc, "report_cooldown_minutes").get("value") == "30"
+    assert control(doc, "preapproval_max_hours").get("value") == "0"
     assert not control(doc, "is_reason_required").has("checked")
     assert not control(doc, "is_number_matching_required").has("checked")
 

@@ -179,3 +179,31 @@ def test_the_api_uses_bearer_tokens_not_csrf(client):
     response = client.post("/api/v1/anything", json={})
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_end_session_needs_the_confirmation_forms_token(client, qa, make):
+    from portal.models import RemoteSession
+    from portal.services import agents, departments, requests
+    from portal.services.actors import CLI
+    from factories import NOW
+
+    tech = make.user("tech@example.com", "technician", qa)
+    device = make.device(qa, "WIN-2")
+    departments.add_exclusion(department=qa, target=f"device:{device.id}", actor=CLI,
+                              now=NOW)
+    req = requests.create_session_request(technician=tech, device_name="WIN-2", actor=CLI,
+                                          now=NOW, base_url="http://portal.test")
+    session = agents.start_remote_session(device=device, request_id=req.id, actor=CLI,
+                                          now=NOW)
+    db.session.commit()
+    sign_in(client)
+    url = f"/departments/{qa.id}/sessions/{session.id}/end"
+    before = snapshot()
+    refused = client.post(url, data={"reason": "no token"})
+    assert refused.status_code == 400 and EXPIRED in refused.get_data(as_text=True)
+    assert snapshot() == before
+    token = csrf_from_form(page(client.get(url)))
+    assert client.post(url, data={"reason": "with token", "csrf_token": token}
+                       ).status_code == 303
+    db.session.expire_all()
+    assert db.session.get(RemoteSession, session.id).end_reason == "with token"

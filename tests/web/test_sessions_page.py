@@ -23,7 +23,7 @@ from web.session_logs_setup import (
 )
 
 REMOTE_COLUMNS = ["Device", "Technician", "Run as", "Approved by", "Started", "Ended",
-                  "Duration"]
+                  "Ended by", "Duration"]
 CLIENT_COLUMNS = ["User Name", "Client Name", "Start", "Finish"]
 
 
@@ -76,12 +76,12 @@ def test_remote_sessions_read_as_the_design_says_newest_first(client, auth, worl
     first, second = rows(remote)
     # Newest first: the running one, started 2 h before the clock, still ticking.
     assert cells(first) == [OTHER_DEVICE, "tech2@example.com", "—", "policy",
-                            "2026-11-22 10:15:30 UTC", "running", "2 h 00 min 00 s"]
+                            "2026-11-22 10:15:30 UTC", "running", "—", "2 h 00 min 00 s"]
     assert first.one("span", class_="state-running").text() == "running"
     assert first.one("span", class_="duration").get("data-elapsed-seconds") == "7200"
     assert cells(second) == [DEVICE, "tech@example.com", "Administrator", "policy",
                              "2026-11-22 07:15:30 UTC", "2026-11-22 07:19:37 UTC",
-                             "4 min 07 s"]
+                             "device", "4 min 07 s"]
     assert not second.find("span", class_="duration")  # an ended one doesn't tick
     # Each row links to its request's timeline; times carry UTC for portal.js.
     assert first.one("a").get("href") == \
@@ -360,6 +360,7 @@ def test_signed_out_goes_to_sign_in_and_no_such_department_is_404(client, auth, 
 
 @pytest.mark.parametrize("email", ["auditor@example.com", "approver@example.com"])
 def test_nothing_here_takes_a_post(client, auth, world, email):
+    """The logs are read-only; the one POST is "End session" (tests/web/test_end_session.py)."""
     req, _ = remote_session("tech@example.com", DEVICE, NOW)
     auth.login(email)
     for url in (sessions_url(world.qa),
@@ -367,7 +368,8 @@ def test_nothing_here_takes_a_post(client, auth, world, email):
         assert client.post(url, data={"state": "ended"}).status_code in (403, 405)
     from flask import current_app
     rules = [r for r in current_app.url_map.iter_rules() if r.endpoint.startswith("sessions.")]
-    assert rules and all(r.methods <= {"GET", "HEAD", "OPTIONS"} for r in rules)
+    posts = {r.endpoint for r in rules if "POST" in r.methods}
+    assert rules and posts == {"sessions.end_session"}
 
 
 # --- the look ------------------------------------------------------------------------

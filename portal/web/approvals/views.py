@@ -20,7 +20,8 @@ from portal.domain.errors import (
     SignInRequiredError,
 )
 from portal.domain import otp as otp_rules
-from portal.services import approvals, decisions, otp, otp_requests, requests as service
+from portal.services import (approvals, decisions, otp, otp_requests, preapprovals,
+                             requests as service)
 from portal.services.actors import Actor
 from portal.web.common import client_ip, current_actor, utcnow
 from portal.web.errors import status_of
@@ -48,6 +49,7 @@ def _context(link, now, **extra):
         req = link.request
         shown = {"req": req, **asdict(service.reading(req, now)),
                  "has_counted": approvals.has_counted(req, link.recipient_email),
+                 "preapproval_hours": preapprovals.offered_for(req),
                  "is_link_current": decisions.is_link_current(link),
                  "is_own_request": decisions.is_own_request(req, signed_in,
                                                             link.recipient_email)}
@@ -110,8 +112,11 @@ def status(token: str):
 
 
 def _number(link) -> dict:
-    """The picked number, for a session request's decision (OTP requests have none)."""
-    return {} if link.otp_request_id is not None else {"number": request.form.get("number")}
+    """The picked number and pre-approval window, for a session request's decision (OTP
+    requests have neither)."""
+    return {} if link.otp_request_id is not None else {
+        "number": request.form.get("number"),
+        "preapproval_hours": request.form.get("preapproval_hours")}
 
 
 @bp.get("/<token>/report")
@@ -151,4 +156,6 @@ def decide(token: str):
         # The page itself, saying why; the unit of work keeps only what must stay (a
         # late decision's "timed out").
         return _page(page, status_of(exc), **_context(link, now, error=exc.message))
-    return _page(page, 200, **_context(link, now, just_decided=True))
+    hours = request.form.get("preapproval_hours") if link.otp_request_id is None else None
+    return _page(page, 200, **_context(link, now, just_decided=True,
+                                       preapproved_hours=hours or None))

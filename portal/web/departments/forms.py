@@ -57,6 +57,7 @@ class SettingsForm(FlaskForm):
     approvals_required = _int("approvals_required")
     is_number_matching_required = BooleanField(L["is_number_matching_required"])
     report_cooldown_minutes = _int("report_cooldown_minutes")
+    preapproval_max_hours = _int("preapproval_max_hours")
 
     def values(self) -> dict:
         return {name: getattr(self, name).data for name in rules.LABELS}

@@ -7,7 +7,7 @@ from wtforms.fields.choices import SelectChoice
 
 from portal.domain.errors import ConflictError, InvalidInputError
 from portal.domain.permissions import Action, may
-from portal.services import authz, devices as service, otp
+from portal.services import authz, devices as service, otp, preapprovals, session_control
 from portal.web.common import (
     apply_errors,
     current_actor,
@@ -76,6 +76,10 @@ def _device_page(department, device, roles, form, status=200):
     return render_template(
         "devices/show.html", department=department, device=device, form=form,
         client_sessions=otp.client_sessions_of(device),
+        running_sessions=session_control.running_sessions_of(device),
+        pre_approvals=preapprovals.live_on(device, utcnow()) if may(roles, Action.MANAGE)
+        else [],
+        can_end=may(roles, Action.END_SESSION),
         can_issue=may(roles, Action.ISSUE_OTP), can_manage=may(roles, Action.MANAGE),
         otp_allowed=department.settings.is_otp_allowed), status
 
@@ -115,6 +119,36 @@ def generate_otp(department_id: int, device_id: int):
                         url_for("devices.show", department_id=department.id,
                                 device_id=device.id))
     return _device_page(department, device, roles, form, status=422)
+
+
+def _revoke_page(department, device, window, status=200, error=None):
+    return render_template("devices/revoke_preapproval.html", department=department,
+                           device=device, window=window, error=error,
+                           now=utcnow()), status
+
+
+@bp.get("/devices/<int:device_id>/pre-approvals/<int:preapproval_id>/revoke")
+def confirm_revoke(department_id: int, device_id: int, preapproval_id: int):
+    """"Revoke": the confirmation step (a GET, which changes nothing)."""
+    department = department_or_403(department_id, Action.MANAGE)
+    device = service.get_device(department, device_id)
+    return _revoke_page(department, device, preapprovals.get_on(device, preapproval_id))
+
+
+@bp.post("/devices/<int:device_id>/pre-approvals/<int:preapproval_id>/revoke")
+def revoke_preapproval(department_id: int, device_id: int, preapproval_id: int):
+    department = department_or_403(department_id, Action.MANAGE)
+    device = service.get_device(department, device_id)
+    try:
+        window = preapprovals.revoke(user=current_user, device=device,
+                                     preapproval_id=preapproval_id, actor=current_actor(),
+                                     now=utcnow())
+    except ConflictError as exc:
+        return _revoke_page(department, device, preapprovals.get_on(device, preapproval_id),
+                            status_of(exc), exc.message)
+    return done(f"Pre-approval of {window.technician.email} on {device.name} revoked: "
+                f"their next request asks again.",
+                url_for("devices.show", department_id=department.id, device_id=device.id))
 
 
 @bp.route("/devices/<int:device_id>/edit", methods=["GET", "POST"])

@@ -15,9 +15,11 @@ from portal.domain.errors import (
     NotFoundError,
     ReportedError,
 )
-from portal.domain.permissions import Action
+from portal.domain.permissions import Action, may
 from portal.domain import otp as otp_rules
-from portal.services import approvals, authz, decisions, otp_requests, requests as service
+from portal.domain import preapproval as preapproval_rules
+from portal.services import (approvals, authz, decisions, otp_requests, preapprovals,
+                             requests as service)
 from portal.services import timeline as timelines
 from portal.web.common import apply_errors, current_actor, done, fragment, is_htmx, utcnow
 from portal.web.errors import status_of
@@ -141,7 +143,8 @@ def _pending_context(now, *, polled=False):
     otp_rows = otp_requests.pending_for(current_user, now)
     return {"rows": [(req, {**_status_context(req, now),
                             "is_own": decisions.is_own_request(req, current_user),
-                            "has_counted": approvals.has_counted(req, current_user.email)})
+                            "has_counted": approvals.has_counted(req, current_user.email),
+                            "preapproval_hours": preapprovals.offered_for(req)})
                      for req in rows], "total": total,
             "otp_rows": [(ask, {"seconds_left": otp_rules.seconds_until(ask.expires_at, now),
                                 "is_own": otp_requests.is_own(ask, current_user)})
@@ -152,7 +155,15 @@ def _pending_context(now, *, polled=False):
 @bp.get("/requests/pending")
 def pending():
     _may_see_pending()
-    return render_template("requests/pending.html", **_pending_context(utcnow()))
+    return render_template("requests/pending.html", **_pending_context(utcnow()),
+                           session_departments=_session_departments())
+
+
+def _session_departments():
+    """Where the user may end running sessions: the pending page links their Sessions
+    pages (approvers have no other way there)."""
+    return [department for department, roles in authz.departments_of(current_user)
+            if may(roles, Action.END_SESSION)]
 
 
 @bp.get("/requests/pending/rows")
@@ -175,11 +186,17 @@ def decide(request_id: int):
                                          decision=decision, actor=current_actor(), now=now,
                                          comment=request.form.get("comment"),
                                          number=request.form.get("number"),
+                                         preapproval_hours=request.form.get(
+                                             "preapproval_hours"),
                                          user_agent=request.headers.get("User-Agent", ""))
     except (AlreadyDecidedError, ExpiredError, InvalidInputError) as exc:
         message, category, status = exc.message, "error", status_of(exc)
     else:
         message, category = _decided_message(req, decision), "success"
+        hours = request.form.get("preapproval_hours")
+        if decision == "allow" and req.status == "approved" and hours:
+            message += (f" {req.technician.email} is pre-approved on {req.device.name} for "
+                        f"{preapproval_rules.hours_label(int(hours))}.")
     if is_htmx():
         return fragment("requests/_pending_rows.html", status=status, flash_message=message,
                         category=category, **_pending_context(now, polled=True))

@@ -1,8 +1,10 @@
-"""Session logs of a department: the Sessions page and the timelines its rows link to.
-Read-only (GET only: there is nothing here to POST), never cached, out of htmx's history."""
+"""Session logs of a department: the Sessions page and the timelines its rows link to
+(read-only, never cached, out of htmx's history), and "End session" on a running remote
+session: a confirmation page (a GET, which changes nothing) whose CSRF-protected form
+POSTs the end request."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, make_response, render_template, request
+from flask import Blueprint, current_app, make_response, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from portal.domain.log_filters import (
@@ -11,8 +13,11 @@ from portal.domain.log_filters import (
     duration_text,
     parse_log_filter,
 )
-from portal.services import session_logs, timeline as timelines
-from portal.web.common import utcnow
+from portal.domain.errors import ConflictError, InvalidInputError
+from portal.domain.permissions import Action, may
+from portal.services import session_control, session_logs, timeline as timelines
+from portal.web.common import current_actor, done, safe_next, utcnow
+from portal.web.errors import status_of
 
 bp = Blueprint("sessions", __name__, url_prefix="/departments")
 
@@ -43,6 +48,7 @@ def uncached(body, status: int = 200):
 @login_required
 def index(department_id: int):
     department = session_logs.department_for_logs(current_user, department_id)
+    roles = session_logs.roles_of(current_user, department.id)
     found = log_filter(choices=session_logs.STATES)
     limit = current_app.config["PAGE_SIZE"]
     remote_before, client_before = _page_key("remote_before"), _page_key("client_before")
@@ -55,7 +61,52 @@ def index(department_id: int):
         "sessions/index.html", department=department, log_filter=found,
         filter_args=found.query_args(), states=session_logs.STATES,
         remote=remote, remote_before=remote_before,
-        client=client, client_before=client_before), 422 if found.errors else 200)
+        client=client, client_before=client_before,
+        can_end=may(roles, Action.END_SESSION)), 422 if found.errors else 200)
+
+
+def _end_page(department_id: int, session, back_url: str, status: int = 200, **extra):
+    return uncached(render_template(
+        "sessions/end.html", session=session, req=session.request, device=session.device,
+        department_id=department_id, back_url=back_url, now=utcnow(),
+        action=url_for("sessions.end_session", department_id=department_id,
+                       session_id=session.id), **extra), status)
+
+
+def _back_url(department_id: int) -> str:
+    """Where to go after (or instead of) ending: the page the button was on, if local."""
+    return safe_next(request.values.get("next"),
+                     url_for("sessions.index", department_id=department_id))
+
+
+@bp.get("/<int:department_id>/sessions/<int:session_id>/end")
+@login_required
+def confirm_end(department_id: int, session_id: int):
+    """The confirmation step of "End session": shows the session; changes nothing."""
+    session = session_control.session_to_end(user=current_user, department_id=department_id,
+                                             session_id=session_id)
+    return _end_page(department_id, session, _back_url(department_id))
+
+
+@bp.post("/<int:department_id>/sessions/<int:session_id>/end")
+@login_required
+def end_session(department_id: int, session_id: int):
+    back_url = _back_url(department_id)
+    reason = request.form.get("reason")
+    try:
+        session = session_control.request_end(
+            user=current_user, department_id=department_id, session_id=session_id,
+            reason=reason, actor=current_actor(), now=utcnow(),
+            user_agent=request.headers.get("User-Agent", ""))
+    except (ConflictError, InvalidInputError) as exc:
+        session = session_control.session_to_end(
+            user=current_user, department_id=department_id, session_id=session_id)
+        errors = getattr(exc, "field_errors", None) or {}
+        return _end_page(department_id, session, back_url, status_of(exc),
+                         error=None if errors else exc.message,
+                         reason_errors=errors.get("reason", []), reason=reason)
+    return done(f"Ending the session on {session.device.name}: its device ends it on its "
+                f"next poll.", back_url)
 
 
 @bp.get("/<int:department_id>/requests/<int:request_id>/timeline")
