@@ -170,16 +170,9 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
                *date_conditions(RemoteSession.started_at, log_filter),
                *state_conditions(RemoteSession.ended_at, log_filter))
         .order_by(RemoteSession.started_at.desc(), RemoteSession.id.desc()))
-    if log_filter.device:
-        query = query.where(RemoteSession.device_id.in_(_devices_named(log_filter.device)))
-    if log_filter.person:
-        person = log_filter.person.lower()
-        query = query.where(or_(func.lower(User.email) == person,
-                                func.lower(SessionRequest.run_as) == person,
-                                func.lower(SessionRequest.decided_by) == person))
-    after = before_key(RemoteSession.started_at, RemoteSession.id, before)
-    if after is not None:
-        query = query.where(after)
+    query = _narrowed(query, RemoteSession, log_filter, before,
+                      person_columns=(User.email, SessionRequest.run_as,
+                                      SessionRequest.decided_by))
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.started_at, row.id))
     return Page([RemoteSessionRow(
         id=row.id, request_id=row.request_id, device=row.device, technician=row.technician,
@@ -189,6 +182,18 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
         end_requested_by=row.end_requested_by, end_requested_at=row.end_requested_at)
         for row in page.items],
         page.next_after)
+
+
+def _narrowed(query, model, log_filter: LogFilter, before: str | None, *, person_columns):
+    """A session list's query with the Device and Person filters and the page key applied
+    (the same for remote and client sessions: `model` has device_id, started_at and id)."""
+    if log_filter.device:
+        query = query.where(model.device_id.in_(_devices_named(log_filter.device)))
+    if log_filter.person:
+        person = log_filter.person.lower()
+        query = query.where(or_(*(func.lower(column) == person for column in person_columns)))
+    after = before_key(model.started_at, model.id, before)
+    return query if after is None else query.where(after)
 
 
 def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: str | None,
@@ -203,15 +208,8 @@ def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: s
                *date_conditions(ClientSession.started_at, log_filter),
                *state_conditions(ClientSession.ended_at, log_filter))
         .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()))
-    if log_filter.device:
-        query = query.where(ClientSession.device_id.in_(_devices_named(log_filter.device)))
-    if log_filter.person:
-        person = log_filter.person.lower()
-        query = query.where(or_(func.lower(ClientSession.username) == person,
-                                func.lower(ClientSession.email) == person))
-    after = before_key(ClientSession.started_at, ClientSession.id, before)
-    if after is not None:
-        query = query.where(after)
+    query = _narrowed(query, ClientSession, log_filter, before,
+                      person_columns=(ClientSession.username, ClientSession.email))
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.ClientSession.started_at,
                                                                 row.ClientSession.id))
     return Page([ClientSessionRow(
