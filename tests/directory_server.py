@@ -321,6 +321,25 @@ class Slapd:
         if self.process and self.process.poll() is None and not self.is_paused:
             os.kill(self.process.pid, signal.SIGSTOP)
             self.is_paused = True
+            self._wait_until_stopped()
+
+    def _wait_until_stopped(self, seconds: float = 5.0) -> None:
+        """A signal lands when its process is next scheduled: on a busy machine slapd
+        could still answer a request sent right after the kill. Wait until every thread
+        of it reads as stopped ("T") in /proc."""
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        give_up = time.monotonic() + seconds
+        while time.monotonic() < give_up:
+            states = []
+            for task in tasks.iterdir():
+                try:
+                    states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+                except (FileNotFoundError, IndexError):
+                    continue
+            if states and all(state in ("T", "t") for state in states):
+                return
+            time.sleep(0.005)
+        raise RuntimeError("slapd did not stop on SIGSTOP")
 
     def resume(self) -> None:
         if self.process and self.is_paused:
