@@ -25,7 +25,7 @@ from portal import clock, notifier
 from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
 from portal.models import OutboxMessage
-from portal.services import audit, decisions, delivery, otp, otp_requests
+from portal.services import audit, chain, decisions, delivery, otp, otp_requests
 
 log = logging.getLogger("portal.jobs")
 
@@ -86,9 +86,29 @@ def expire_batch(now: datetime) -> tuple[list[int], bool]:
 
 
 def next_deadline(now: datetime) -> datetime | None:
-    """The earliest deadline still pending (session or OTP access request)."""
-    found = [d for d in (decisions.next_deadline(), otp_requests.next_deadline()) if d]
+    """The earliest deadline still pending (session or OTP access request), or the
+    earliest chain step (fallback, escalation) due."""
+    found = [d for d in (decisions.next_deadline(), otp_requests.next_deadline(),
+                         chain.next_due()) if d]
     return min(found, default=None)
+
+
+def take_chain_steps(app: Flask) -> list[tuple[int, str]]:
+    """The chain's due steps (fallback mail, escalation), a batch per commit; after the
+    expiry sweep, so a request past its deadline is timed out, not mailed."""
+    base_url = app.config["BASE_URL"]
+    taken: list[tuple[int, str]] = []
+    while True:
+        done = _run(app, "approval chain",
+                    lambda now: chain.take_due_steps(now, base_url=base_url))
+        if done is None:
+            break
+        taken += done[0]
+        if not done[1]:
+            break
+    if taken:
+        log.info("approval chain: %s", ", ".join(f"request {i} {step}" for i, step in taken))
+    return taken
 
 
 def expire_requests(app: Flask) -> list[int]:
@@ -112,6 +132,7 @@ def _sweep(app: Flask) -> datetime | None:
     """The expiry job: sweep, then say when (in APScheduler's real time) the next
     deadline falls, for the listener to bring the next run forward to it."""
     expire_requests(app)
+    take_chain_steps(app)
     upcoming = _run(app, "next deadline", next_deadline)
     if upcoming is None:
         return None

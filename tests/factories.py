@@ -38,6 +38,9 @@ DESIGN_LABELS = {
     "is_reason_required": "Require a reason for each session",
     "approvals_required": "Approvals required",
     "is_number_matching_required": "Require number matching",
+    "is_fallback_to_email": "If the end user doesn't answer, ask the email approvers",
+    "escalation_recipients": "Escalate to",
+    "escalate_after_seconds": "Escalate after (seconds)",
     "report_cooldown_minutes": "Cool-down after a report (minutes)",
     "preapproval_max_hours": "Allow pre-approval for up to (hours)",
 }
@@ -58,6 +61,9 @@ DESIGN_DEFAULTS = {
     "is_reason_required": False,
     "approvals_required": 1,
     "is_number_matching_required": False,
+    "is_fallback_to_email": False,
+    "escalation_recipients": "",
+    "escalate_after_seconds": 120,
     "report_cooldown_minutes": 30,
     "preapproval_max_hours": 0,
 }

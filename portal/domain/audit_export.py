@@ -50,6 +50,7 @@ ACTIONS = (
     "preapproval.granted", "preapproval.revoked",
     "prompt.shown",
     "request.cancelled", "request.cooldown_refused", "request.created", "request.decided",
+    "request.escalated", "request.fallback_mailed",
     "request.number_mismatch", "request.reason_refused", "request.reported",
     "request.timed_out",
     "session.end_requested", "session.ended", "session.started",

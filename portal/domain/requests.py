@@ -30,6 +30,7 @@ class EndUserCheck(StrEnum):
 
 
 class EmailCheck(StrEnum):
+    WAITING = "waiting"  # fallback: the approvers are asked if the end user doesn't answer
     PENDING = "pending"
     ALLOWED = "allowed"
     DENIED = "denied"
@@ -55,6 +56,7 @@ CHECK_LABELS = {
         EndUserCheck.SKIPPED: "Not needed",
     },
     "email": {
+        EmailCheck.WAITING: "Not asked yet",
         EmailCheck.PENDING: "Waiting",
         EmailCheck.ALLOWED: "Allowed",
         EmailCheck.DENIED: "Denied",
@@ -79,6 +81,7 @@ MSG_END_USER_DECLINED = "The end user has rejected the Session Confirmation Requ
 MSG_TIMED_OUT = "The Session Confirmation request has timed out."
 MSG_CANCELLED = "The request was cancelled."
 MSG_DENIED_BY = "The request was denied by {who}."
+MSG_FALLBACK = "Nobody answered at the device — asking the approvers"
 
 DECIDED_BY_END_USER = "end_user"
 DECIDED_BY_POLICY = "policy"
@@ -101,6 +104,8 @@ class PolicyInput:
     # A live pre-approval of this technician on this device: its decision reason
     # ("pre-approved by … until …"), looked at right after exclusions.
     pre_approval: str | None = None
+    # "If the end user doesn't answer, ask the email approvers" (with both checks on).
+    is_fallback_to_email: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,12 @@ class Plan:
     decided_at: datetime | None
     decided_by: str | None
     decision_reason: str | None
+    # The fallback: when the approvers are to be mailed (the end user's deadline) while
+    # the email check waits; and whether they are mailed at once because the prompt was
+    # skipped (nobody could answer it).
+    fallback_due_at: datetime | None = None
+    is_fallback_now: bool = False
+    end_user_skipped_because: str | None = None
 
 
 def plan_request(policy: PolicyInput, now: datetime) -> Plan:
@@ -141,11 +152,21 @@ def plan_request(policy: PolicyInput, now: datetime) -> Plan:
                     DECIDED_BY_POLICY, reason)
     end_user_deadline = (now + timedelta(seconds=policy.confirmation_timeout_seconds)
                          if end_user is EndUserCheck.PENDING else None)
-    email_deadline = (now + timedelta(seconds=policy.email_authorization_timeout_seconds)
-                      if email is EmailCheck.PENDING else None)
+    email_timeout = timedelta(seconds=policy.email_authorization_timeout_seconds)
+    fallback = (policy.is_fallback_to_email and policy.is_confirmation_shown
+                and email is EmailCheck.PENDING)
+    if fallback and end_user_deadline is not None:
+        # The approvers are asked at the prompt's deadline and get the whole email timeout
+        # from then: the deadline is fixed now, so a late job never stretches or cuts it.
+        expires_at = end_user_deadline + email_timeout
+        return Plan(Status.PENDING, end_user, EmailCheck.WAITING, end_user_deadline,
+                    expires_at, expires_at, None, None, None,
+                    fallback_due_at=end_user_deadline)
+    email_deadline = now + email_timeout if email is EmailCheck.PENDING else None
     expires_at = max(d for d in (end_user_deadline, email_deadline) if d is not None)
     return Plan(Status.PENDING, end_user, email, end_user_deadline, email_deadline,
-                expires_at, None, None, None)
+                expires_at, None, None, None, is_fallback_now=fallback,
+                end_user_skipped_because=skipped_because)
 
 
 # --- deciding ------------------------------------------------------------------------
@@ -197,6 +218,10 @@ def check_states(*, status: Status | str, end_user: EndUserCheck | str,
             email = EmailCheck.TIMED_OUT
         elif status is not Status.PENDING:
             email = EmailCheck.SKIPPED
+    elif email is EmailCheck.WAITING and status is not Status.PENDING:
+        # Never asked: nobody needs to answer it now (a timeout here means the job that
+        # mails the approvers never ran before the deadline).
+        email = EmailCheck.TIMED_OUT if status is Status.TIMED_OUT else EmailCheck.SKIPPED
     return end_user, email
 
 
@@ -236,6 +261,9 @@ class Reading:
     approvals: approvals.Tally = approvals.Tally(1, 0, ())
     match_number: int | None = None  # while pending only
     choices: tuple[int, ...] = ()  # while pending only
+    # While pending, after the approvers were asked because nobody answered at the
+    # device: MSG_FALLBACK.
+    progress: str | None = None
 
 
 def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUserCheck | str,
@@ -243,7 +271,8 @@ def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUse
                  email_deadline: datetime | None, decided_at: datetime | None,
                  decided_by: str | None, now: datetime, is_reported: bool = False,
                  tally: approvals.Tally | None = None, match_number: int | None = None,
-                 choices: tuple[int, ...] = ()) -> Reading:
+                 choices: tuple[int, ...] = (), is_fallback_mailed: bool = False
+                 ) -> Reading:
     current = effective_status(status, expires_at, now)
     end_user_state, email_state = check_states(
         status=current, end_user=end_user, email=email, end_user_deadline=end_user_deadline,
@@ -264,6 +293,7 @@ def read_request(*, status: Status | str, expires_at: datetime, end_user: EndUse
         approvals=tally or approvals.Tally(1, 0, ()),
         match_number=match_number if pending else None,
         choices=choices if pending and match_number is not None else (),
+        progress=MSG_FALLBACK if pending and is_fallback_mailed else None,
     )
 
 

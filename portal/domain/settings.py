@@ -27,6 +27,7 @@ OTP_MIN_INTERVAL = IntRange(1, 1440, 60)
 APPROVALS_REQUIRED = IntRange(1, 5, 1)
 REPORT_COOLDOWN = IntRange(1, 1440, 30)
 PREAPPROVAL_MAX_HOURS = IntRange(0, 24, 0)
+ESCALATE_AFTER = IntRange(30, 3600, 120)
 MAX_MESSAGE_LENGTH = 500
 MAX_RECIPIENTS = 20
 DEFAULT_CONFIRMATION_MESSAGE = (
@@ -58,6 +59,9 @@ LABELS: dict[str, str] = {
     "is_reason_required": "Require a reason for each session",
     "approvals_required": "Approvals required",
     "is_number_matching_required": "Require number matching",
+    "is_fallback_to_email": "If the end user doesn't answer, ask the email approvers",
+    "escalation_recipients": "Escalate to",
+    "escalate_after_seconds": "Escalate after (seconds)",
     "report_cooldown_minutes": "Cool-down after a report (minutes)",
     "preapproval_max_hours": "Allow pre-approval for up to (hours)",
 }
@@ -79,6 +83,9 @@ DEFAULTS: dict[str, Any] = {
     "is_reason_required": False,
     "approvals_required": APPROVALS_REQUIRED.default,
     "is_number_matching_required": False,
+    "is_fallback_to_email": False,
+    "escalation_recipients": "",
+    "escalate_after_seconds": ESCALATE_AFTER.default,
     "report_cooldown_minutes": REPORT_COOLDOWN.default,
     "preapproval_max_hours": PREAPPROVAL_MAX_HOURS.default,
 }
@@ -89,6 +96,7 @@ RANGES: dict[str, IntRange] = {
     "otp_expiration_minutes": OTP_EXPIRATION,
     "otp_min_interval_minutes": OTP_MIN_INTERVAL,
     "approvals_required": APPROVALS_REQUIRED,
+    "escalate_after_seconds": ESCALATE_AFTER,
     "report_cooldown_minutes": REPORT_COOLDOWN,
     "preapproval_max_hours": PREAPPROVAL_MAX_HOURS,
 }
@@ -162,6 +170,9 @@ def validate_settings(values: dict[str, Any]) -> dict[str, list[str]]:
         errors["email_recipients"] = [
             "Enter at least one recipient to require email authorization."
         ]
+    _, escalation_errors = parse_recipients(values.get("escalation_recipients") or "")
+    if escalation_errors:
+        errors["escalation_recipients"] = escalation_errors
     required = values.get("approvals_required")
     if "approvals_required" not in errors and isinstance(required, int) and required > 1 \
             and not recipient_errors and required > len(addresses):
@@ -176,6 +187,8 @@ def normalize_settings(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     addresses, _ = parse_recipients(values.get("email_recipients") or "")
     out["email_recipients"] = "\n".join(addresses)
+    escalation, _ = parse_recipients(values.get("escalation_recipients") or "")
+    out["escalation_recipients"] = "\n".join(escalation)
     out["confirmation_message"] = (values.get("confirmation_message") or "").strip()
     return out
 

@@ -153,6 +153,11 @@ class DepartmentSettings(db.Model):
             f"AND {rules.PREAPPROVAL_MAX_HOURS.high}",
             name="preapproval_max_hours_range",
         ),
+        CheckConstraint(
+            f"escalate_after_seconds BETWEEN {rules.ESCALATE_AFTER.low} "
+            f"AND {rules.ESCALATE_AFTER.high}",
+            name="escalate_after_range",
+        ),
     )
 
     department_id: Mapped[int] = mapped_column(
@@ -192,6 +197,13 @@ class DepartmentSettings(db.Model):
         server_default=text(str(rules.APPROVALS_REQUIRED.default)))
     is_number_matching_required: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false())
+    is_fallback_to_email: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false())
+    # One address a line, like email_recipients; empty: no escalation.
+    escalation_recipients: Mapped[str] = mapped_column(Text, default="", server_default="")
+    escalate_after_seconds: Mapped[int] = mapped_column(
+        Integer, default=rules.ESCALATE_AFTER.default,
+        server_default=text(str(rules.ESCALATE_AFTER.default)))
     report_cooldown_minutes: Mapped[int] = mapped_column(
         Integer, default=rules.REPORT_COOLDOWN.default,
         server_default=text(str(rules.REPORT_COOLDOWN.default)))
@@ -205,3 +217,8 @@ class DepartmentSettings(db.Model):
     @property
     def recipients(self) -> list[str]:
         return [line for line in self.email_recipients.splitlines() if line]
+
+    @property
+    def escalation_addresses(self) -> list[str]:
+        """"Escalate to", one address per item (empty: no escalation)."""
+        return [line for line in self.escalation_recipients.splitlines() if line]

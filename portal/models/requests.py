@@ -34,6 +34,8 @@ class SessionRequest(db.Model):
         Index("ix_session_requests_department_id_status", "department_id", "status"),
         Index("ix_session_requests_device_id_status", "device_id", "status"),
         Index("ix_session_requests_technician_id_created_at", "technician_id", "created_at"),
+        # The chain's job: what is due to be mailed next (fallback, escalation).
+        Index("ix_session_requests_chain_due_at", "chain_due_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -69,6 +71,15 @@ class SessionRequest(db.Model):
     # Denied through "I didn't expect this" (the outcome says so).
     is_reported: Mapped[bool] = mapped_column(Boolean, default=False,
                                               server_default=false())
+    # The chain (end user → approvers → escalation): when its next step falls due — the
+    # fallback mail at the end user's deadline while the email check is "waiting", else
+    # the escalation mail — and null when nothing more is to come. The job that takes a
+    # step clears it in the same conditional UPDATE, so a step is taken once.
+    chain_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the approvers were mailed because nobody could or did answer at the device,
+    # and when the request was escalated ("Escalate to"); null when it wasn't.
+    fallback_mailed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     device: Mapped[Device] = relationship()
     department: Mapped[Department] = relationship()

@@ -116,6 +116,9 @@ def count_allow(req: SessionRequest, *, who: str, user_id: int | None, comment: 
     if check_column:
         column = getattr(SessionRequest, check_column)
         values[check_column] = when_reached("allowed", column)
+    else:  # an approver in the portal: a check still waiting is not needed any more
+        values["email_check"] = when_reached(waiting_skipped(), SessionRequest.email_check)
+    values["chain_due_at"] = when_reached(null(), SessionRequest.chain_due_at)
     row = db.session.execute(
         update(SessionRequest)
         .where(SessionRequest.id == req.id, SessionRequest.status == Status.PENDING.value,
@@ -130,6 +133,13 @@ def count_allow(req: SessionRequest, *, who: str, user_id: int | None, comment: 
                                    user_id=user_id, created_at=now))
     db.session.flush()
     return row.status == Status.APPROVED.value
+
+
+def waiting_skipped():
+    """SQL: the email check as a decision leaves it — "skipped" when it was still waiting
+    for the end user's deadline (the approvers were never asked), else unchanged."""
+    return case((SessionRequest.email_check == "waiting", "skipped"),
+                else_=SessionRequest.email_check)
 
 
 def refuse_counted(req: SessionRequest, email: str, now: datetime) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import joinedload
 
 from portal.domain import approvals as approval_rules
+from portal.domain import chain as chain_rules
 from portal.domain import requests as rules
 from portal.domain.errors import (
     AlreadyDecidedError,
@@ -38,7 +39,7 @@ from portal.unit_of_work import keep_changes
 OWN_REQUEST = "Nobody decides their own request: ask another approver."
 QUEUED_MAIL = ("pending", "sending")  # the outbox statuses mail.cancel_for_requests cancels
 LINK_ENDED = ("This link no longer works: its recipient is no longer among the "
-              "department's approval recipients.")
+              "department's approval recipients or escalation contacts.")
 
 
 def _win(req: SessionRequest, now: datetime, values: dict, *,
@@ -49,7 +50,8 @@ def _win(req: SessionRequest, now: datetime, values: dict, *,
             .where(SessionRequest.id == req.id,
                    SessionRequest.status == Status.PENDING.value,
                    SessionRequest.expires_at > now)
-            .values(decided_at=now, **values)
+            .values(decided_at=now, chain_due_at=None,
+                    **{"email_check": approvals.waiting_skipped(), **values})
             .execution_options(synchronize_session=False))
     if end_user:
         stmt = stmt.where(SessionRequest.end_user_check == EndUserCheck.PENDING.value,
@@ -145,9 +147,11 @@ def find_link(token: str) -> ApprovalLink:
 
 
 def is_link_current(link: ApprovalLink) -> bool:
-    """A link works only while its recipient is still one of the department's recipients."""
-    recipients = {r.lower() for r in link.request.department.settings.recipients}
-    return link.recipient_email.lower() in recipients
+    """A link works only while its recipient is still one of the department's Recipient(s)
+    or "Escalate to" addresses."""
+    settings = link.request.department.settings
+    return chain_rules.is_current_recipient(link.recipient_email, settings.recipients,
+                                            settings.escalation_addresses)
 
 
 def is_sign_in_required(link: ApprovalLink) -> bool:

@@ -63,7 +63,7 @@ def link_context(*, token: str, base_url: str, expires_at: datetime, now: dateti
 
 
 def queue_approval_emails(*, req: SessionRequest, links: list[tuple[str, str]],
-                          base_url: str, now: datetime) -> None:
+                          base_url: str, now: datetime, is_escalation: bool = False) -> None:
     """One approval email per (recipient, token) of the request's new links, written to
     the outbox in one INSERT.
 
@@ -73,12 +73,13 @@ def queue_approval_emails(*, req: SessionRequest, links: list[tuple[str, str]],
     if not links:
         return
     stand_in = crypto.new_token()
-    context = {"req": req, "reason": one_line(req.reason),
+    context = {"req": req, "reason": one_line(req.reason), "is_escalation": is_escalation,
                **link_context(token=stand_in, base_url=base_url, expires_at=req.expires_at,
                               now=now)}
     body_text = render_template("emails/approval_request.txt", **context)
     body_html = render_template("emails/approval_request.html", **context)
-    subject = f"Remote session request for {req.device.name}"
+    subject = (f"Escalated: remote session request for {req.device.name}" if is_escalation
+               else f"Remote session request for {req.device.name}")
     db.session.execute(insert(OutboxMessage), [{
         "department_id": req.department_id, "request_id": req.id, "recipient": recipient,
         "subject": subject, "body_text": body_text.replace(stand_in, token),

@@ -11,6 +11,7 @@ from sqlalchemy.orm import joinedload
 
 from portal import notifier
 from portal.domain import approvals as approval_rules
+from portal.domain import chain as chain_rules
 from portal.domain import preapproval as preapproval_rules
 from portal.domain import requests as rules
 from portal.domain.errors import InvalidInputError, NotFoundError
@@ -129,6 +130,7 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
             logged_in_user=device.logged_in_user,
             exclusion=exclusion,
             pre_approval=pre_approval,
+            is_fallback_to_email=settings.is_fallback_to_email,
         ),
         now,
     )
@@ -145,29 +147,50 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
     if plan.status is Status.PENDING and settings.is_number_matching_required:
         req.match_number, choices = approval_rules.new_match()
         req.match_choices = approval_rules.format_choices(choices)
+    if plan.email is EmailCheck.PENDING:  # the approvers are asked now: escalation next
+        req.chain_due_at = chain_rules.escalation_due(
+            mailed_at=now, escalate_after_seconds=settings.escalate_after_seconds,
+            escalation_addresses=settings.escalation_addresses, expires_at=plan.expires_at)
+        if plan.is_fallback_now:
+            req.fallback_mailed_at = now
+    else:  # the fallback, when the email check waits for the end user's deadline
+        req.chain_due_at = plan.fallback_due_at
     db.session.add(req)
     db.session.flush()  # its id, which the links, the emails and the audit events carry
-    # The links in one INSERT, their emails (rendered once) in another, then the audit
-    # events.
-    links = [(recipient, crypto.new_token()) for recipient in settings.recipients] \
-        if plan.email is EmailCheck.PENDING else []
-    if links:
-        db.session.execute(insert(ApprovalLink), [{
-            "request_id": req.id, "recipient_email": recipient,
-            "token_hash": crypto.keyed_hash(token), "created_at": now,
-            "is_sign_in_required": settings.is_sign_in_required_to_decide,
-        } for recipient, token in links])
-    mail.queue_approval_emails(req=req, links=links, base_url=base_url, now=now)
     audit_request(req, "request.created", actor, now, technician=technician.email, run_as=run_as,
            reason=reason, end_user=plan.end_user.value, email=plan.email.value,
            expires_at=plan.expires_at.isoformat())
     if plan.status is Status.APPROVED:
         audit_request(req, "request.decided", actor, now, status="approved",
                decided_by=plan.decided_by, decision_reason=plan.decision_reason)
-    for recipient, _token in links:
-        audit_request(req, "email.queued", actor, now, recipient=recipient)
+    if plan.email is EmailCheck.PENDING:
+        if plan.is_fallback_now:
+            audit_request(req, "request.fallback_mailed", actor, now,
+                          because=plan.end_user_skipped_because or "prompt skipped",
+                          recipients=settings.recipients)
+        ask_approvers(req, settings.recipients, settings=settings, actor=actor, now=now,
+                      base_url=base_url)
     db.session.flush()
     return req
+
+
+def ask_approvers(req: SessionRequest, addresses: list[str], *, settings, actor: Actor,
+                  now: datetime, base_url: str, is_escalation: bool = False) -> None:
+    """Mail `addresses` a "Check Request" link each: the links in one INSERT (under
+    today's sign-in rule), their emails (rendered once) in another, then an email.queued
+    audit event each."""
+    links = [(recipient, crypto.new_token()) for recipient in addresses]
+    if not links:
+        return
+    db.session.execute(insert(ApprovalLink), [{
+        "request_id": req.id, "recipient_email": recipient,
+        "token_hash": crypto.keyed_hash(token), "created_at": now,
+        "is_sign_in_required": settings.is_sign_in_required_to_decide,
+    } for recipient, token in links])
+    mail.queue_approval_emails(req=req, links=links, base_url=base_url, now=now,
+                               is_escalation=is_escalation)
+    for recipient, _token in links:
+        audit_request(req, "email.queued", actor, now, recipient=recipient)
 
 
 # --- reading -------------------------------------------------------------------------
@@ -204,7 +227,8 @@ def reading(req: SessionRequest, now: datetime) -> rules.Reading:
         email_deadline=req.email_deadline, decided_at=req.decided_at,
         decided_by=req.decided_by, now=now, is_reported=req.is_reported,
         tally=approval_tally(req), match_number=req.match_number,
-        choices=approval_rules.parse_choices(req.match_choices))
+        choices=approval_rules.parse_choices(req.match_choices),
+        is_fallback_mailed=req.fallback_mailed_at is not None)
 
 
 def approval_tally(req: SessionRequest) -> approval_rules.Tally:

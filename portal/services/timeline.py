@@ -45,6 +45,8 @@ LABELS = {
     "approval.counted": "Allow counted",
     "request.number_mismatch": "Wrong number picked",
     "request.reported": "Reported as unexpected",
+    "request.fallback_mailed": "Asking the approvers (nobody answered at the device)",
+    "request.escalated": "Escalated",
     "request.decided": "Decided",
     "otp.approved": "Decided",
     "otp.denied": "Decided",
@@ -144,6 +146,14 @@ def _note(event: AuditEvent) -> str:
         return one_line(f"by {approved_by_label(d.get('reported_by') or event.actor)}; new "
                         f"requests of {d.get('technician', '')} to this device refused until "
                         f"{d.get('cooldown_until', '')}", 600)
+    if action in ("request.fallback_mailed", "request.escalated"):
+        note = "to " + ", ".join(d.get("recipients") or []) if d.get("recipients") \
+            else "nobody: no Recipient(s) are set"
+        if action == "request.fallback_mailed" and d.get("because"):
+            note += f" — {d['because']}"
+        if action == "request.escalated" and d.get("after_seconds"):
+            note += f" — still pending after {d['after_seconds']} s"
+        return one_line(note, 600)
     if action in ("otp.approved", "otp.denied"):
         note = ("Approved" if action == "otp.approved" else "Denied") + \
             f" by {d.get('decided_by', event.actor)}"

@@ -56,6 +56,7 @@ RANGE_TABLE = [
     ("email_authorization_timeout_seconds", 30, 3600),
     ("otp_expiration_minutes", 1, 1440),
     ("otp_min_interval_minutes", 1, 1440),
+    ("escalate_after_seconds", 30, 3600),
 ]
 
 

@@ -21,6 +21,7 @@ DEVICE = "WIN-0859G9I39J0"
 R1, R2 = "first-approver@example.com", "second-approver@example.com"
 TECH = "tech@example.com"
 APPROVALS = ["is_reason_required", "approvals_required", "is_number_matching_required",
+             "is_fallback_to_email", "escalation_recipients", "escalate_after_seconds",
              "report_cooldown_minutes", "preapproval_max_hours"]
 
 
@@ -85,6 +86,9 @@ def test_the_approvals_section_has_its_labels_defaults_and_ranges(app, client, q
     assert control(doc, "approvals_required").get("value") == "1"
     assert control(doc, "report_cooldown_minutes").get("value") == "30"
     assert control(doc, "preapproval_max_hours").get("value") == "0"
+    assert control(doc, "escalate_after_seconds").get("value") == "120"
+    assert control(doc, "escalation_recipients").text() == ""
+    assert not control(doc, "is_fallback_to_email").has("checked")
     assert not control(doc, "is_reason_required").has("checked")
     assert not control(doc, "is_number_matching_required").has("checked")
 
@@ -93,7 +97,13 @@ def test_the_approvals_section_has_its_labels_defaults_and_ranges(app, client, q
             ("approvals_required", "2", "can't be more than the number of recipients (0)"),
             ("approvals_required", "6", "from 1 to 5"),
             ("approvals_required", "0", "from 1 to 5"),
-            ("report_cooldown_minutes", "1441", "from 1 to 1440")]:
+            ("report_cooldown_minutes", "1441", "from 1 to 1440"),
+            ("escalate_after_seconds", "29", "from 30 to 3600"),
+            ("escalate_after_seconds", "3601", "from 30 to 3600"),
+            ("escalation_recipients", "on-call@example.com, not-an-address",
+             "“not-an-address” is not a valid email address."),
+            ("escalation_recipients", ",".join(f"e{n}@example.com" for n in range(21)),
+             "at most 20 recipients")]:
         response = client.post(url, data=settings_form(**{field: value}))
         assert response.status_code == 422, field
         assert message in field_error(page(response), field)
@@ -102,7 +112,9 @@ def test_the_approvals_section_has_its_labels_defaults_and_ranges(app, client, q
     response = client.post(url, data=settings_form(
         is_email_authorization_required=True, email_recipients=f"{R1}, {R2}",
         approvals_required=2, is_number_matching_required=True, is_reason_required=True,
-        report_cooldown_minutes=45))
+        report_cooldown_minutes=45, is_fallback_to_email=True,
+        escalation_recipients="On-Call@Example.com; lead@example.com",
+        escalate_after_seconds=90))
     assert response.status_code in (200, 303)
     changed = {e["details"]["field"]: (e["details"]["old"], e["details"]["new"])
                for e in audit_events("settings.changed")}
@@ -110,6 +122,9 @@ def test_the_approvals_section_has_its_labels_defaults_and_ranges(app, client, q
     assert changed["report_cooldown_minutes"] == (30, 45)
     assert changed["is_number_matching_required"] == (False, True)
     assert changed["is_reason_required"] == (False, True)
+    assert changed["is_fallback_to_email"] == (False, True)
+    assert changed["escalation_recipients"] == ("", "On-Call@example.com\nlead@example.com")
+    assert changed["escalate_after_seconds"] == (120, 90)
 
 
 # --- the approval page ---------------------------------------------------------------

@@ -56,6 +56,13 @@ class SettingsForm(FlaskForm):
     is_reason_required = BooleanField(L["is_reason_required"])
     approvals_required = _int("approvals_required")
     is_number_matching_required = BooleanField(L["is_number_matching_required"])
+    is_fallback_to_email = BooleanField(L["is_fallback_to_email"])
+    escalation_recipients = TextAreaField(
+        L["escalation_recipients"],
+        validators=[Length(max=20_000)],
+        render_kw={"rows": 2, "placeholder": "on-call@example.com"},
+    )
+    escalate_after_seconds = _int("escalate_after_seconds")
     report_cooldown_minutes = _int("report_cooldown_minutes")
     preapproval_max_hours = _int("preapproval_max_hours")
 
