@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
+from scheduler_process import RUNNING, STANDING_BY, run_schedulers, scheduler_env
 from smtp_server import RecordingHandler, SmtpServer
 from sqlalchemy import func, select, text, update
 
@@ -36,10 +34,7 @@ pytestmark = [
         reason="scheduler election needs PostgreSQL (set PORTAL_TEST_DATABASE_URI)"),
 ]
 
-BIN = Path(sys.executable).parent
 R1, R2 = "first-approver@example.com", "second-approver@example.com"
-RUNNING = "Scheduler running"
-STANDING_BY = "standing by"
 
 
 class HoldingHandler(RecordingHandler):
@@ -69,61 +64,14 @@ def smtp():
     server.stop()
 
 
-class Scheduler:
-    """One `flask --app portal scheduler` process, its output lines read as they come."""
-
-    def __init__(self, env: dict) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self.proc = subprocess.Popen(
-            [str(BIN / "flask"), "--app", "portal", "scheduler"], env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append((time.monotonic(), line.rstrip()))
-
-    def said(self, words: str) -> float | None:
-        """When (time.monotonic()) the process first printed a line with `words`."""
-        return next((at for at, line in self.lines if words in line), None)
-
-    def output(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-
 @pytest.fixture
 def env(app, smtp):
-    return {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PORTAL_SECRET_KEY": app.config["SECRET_KEY"],
-        "PORTAL_TOKEN_HASH_KEY": app.config["TOKEN_HASH_KEY"],
-        "PORTAL_AUDIT_KEY": app.config["AUDIT_KEY"],
-        "PORTAL_SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
-        "PORTAL_MAIL_SERVER": "127.0.0.1",
-        "PORTAL_MAIL_PORT": str(smtp.port),
-        "PORTAL_MAIL_SUPPRESS_SEND": "false",
-        "PORTAL_MAIL_DEFAULT_SENDER": "session-gate@example.com",
-    }
+    return scheduler_env(app, smtp.port)
 
 
 @pytest.fixture
 def schedulers(env):
-    started: list[Scheduler] = []
-    yield lambda: started.append(Scheduler(env)) or started[-1]
-    for scheduler in started:
-        if scheduler.proc.poll() is None:
-            scheduler.proc.send_signal(signal.SIGCONT)
-            scheduler.proc.terminate()
-    for scheduler in started:
-        try:
-            scheduler.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            scheduler.proc.kill()
-            scheduler.proc.wait()
-        scheduler.reader.join(timeout=5)
-        scheduler.proc.stdout.close()
+    yield from run_schedulers(env)
 
 
 @pytest.fixture
