@@ -59,6 +59,23 @@ DEPARTMENTS = {
                      "approvals_required": 2, "is_number_matching_required": True,
                      "is_reason_required": True},
     },
+    # The approval chain: the end user is asked first (even at a locked screen), for 20
+    # s; if nobody answers, the approvers are mailed; if they haven't decided 30 s later,
+    # the night lead is.
+    "Night Shift": {
+        "groups": [],
+        "devices": [("NIGHT-KIOSK-01", "Windows 11 Pro", "10.50.0.10", None)],
+        "excluded_groups": [],
+        "excluded_devices": [],
+        "settings": {"is_confirmation_shown": True, "confirmation_timeout_seconds": 20,
+                     "is_shown_when_locked": True,
+                     "is_email_authorization_required": True,
+                     "email_authorization_timeout_seconds": 300,
+                     "email_recipients": "approver@example.com",
+                     "is_fallback_to_email": True,
+                     "escalation_recipients": "night-lead@example.com",
+                     "escalate_after_seconds": 30},
+    },
 }
 
 USERS = [
@@ -74,6 +91,10 @@ USERS = [
     ("auditor@example.com", "auditor", "Sales Team"),
     ("technician@example.com", "technician", "QA Team"),
     ("technician@example.com", "technician", "Sales Team"),
+    ("approver@example.com", "approver", "Night Shift"),
+    ("night-lead@example.com", "approver", "Night Shift"),
+    ("auditor@example.com", "auditor", "Night Shift"),
+    ("technician@example.com", "technician", "Night Shift"),
 ]
 
 

@@ -28,7 +28,7 @@ def test_demo_seeds_prints_sign_ins_and_is_idempotent(tmp_path, monkeypatch):
 
     database = tmp_path / "portal.sqlite3"
     counts = _counts(database)
-    assert counts["departments"] == 3 and counts["devices"] >= 6
+    assert counts["departments"] == 4 and counts["devices"] >= 6
     with sqlite3.connect(database) as conn:  # the tour's request needing two approvals
         assert conn.execute(
             "SELECT s.approvals_required, s.is_number_matching_required, "
@@ -39,6 +39,14 @@ def test_demo_seeds_prints_sign_ins_and_is_idempotent(tmp_path, monkeypatch):
             "SELECT s.preapproval_max_hours, s.approvals_required FROM department_settings s "
             "JOIN departments d ON d.id = s.department_id WHERE d.name = 'QA Team'"
         ).fetchone() == (8, 1)
+        # The tour's chain: end user (at a locked screen too), then the approvers, then
+        # the night lead.
+        assert conn.execute(
+            "SELECT s.is_confirmation_shown, s.is_shown_when_locked, "
+            "s.is_email_authorization_required, s.is_fallback_to_email, "
+            "s.escalation_recipients, s.escalate_after_seconds FROM department_settings s "
+            "JOIN departments d ON d.id = s.department_id WHERE d.name = 'Night Shift'"
+        ).fetchone() == (1, 1, 1, 1, "night-lead@example.com", 30)
 
     again = runner.invoke(demo_command, ["--no-serve", "--port", "5055"])
     assert again.exit_code == 0, again.output

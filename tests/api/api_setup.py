@@ -83,7 +83,7 @@ def age(request_id: int, seconds: float) -> None:
     req = db.session.get(SessionRequest, request_id)
     shift = timedelta(seconds=seconds)
     values = {"created_at": req.created_at - shift, "expires_at": req.expires_at - shift}
-    for column in ("end_user_deadline", "email_deadline"):
+    for column in ("end_user_deadline", "email_deadline", "chain_due_at"):
         if getattr(req, column) is not None:
             values[column] = getattr(req, column) - shift
     db.session.execute(update(SessionRequest).where(SessionRequest.id == request_id)
