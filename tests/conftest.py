@@ -116,6 +116,25 @@ def interleave(app):
 
 
 @pytest.fixture
+def start_scheduler(app):
+    """Starts build_scheduler(app) in the background; always shut down afterwards."""
+    from portal.jobs import build_scheduler
+
+    running = []
+
+    def start():
+        scheduler = build_scheduler(app)
+        scheduler.start()
+        running.append(scheduler)
+        return scheduler
+
+    yield start
+    for scheduler in running:
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+
+
+@pytest.fixture
 def smtp():
     """A real SMTP server (aiosmtpd) on loopback, for the test's mail to arrive at."""
     server = SmtpServer()

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 
 import pytest
 from factories import NOW
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from portal import jobs
 from portal.clock import SystemClock
 from portal.extensions import db
-from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest
+from portal.models import AuditEvent, OutboxMessage, SessionRequest
 from portal.services import accounts, chain, decisions, departments
 from portal.services import requests as service
 from portal.services.actors import CLI, Actor
@@ -42,22 +42,6 @@ def qa(app, make):
     departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
     db.session.commit()
     return department
-
-
-@pytest.fixture
-def start_scheduler(app):
-    running = []
-
-    def start():
-        scheduler = jobs.build_scheduler(app)
-        scheduler.start()
-        running.append(scheduler)
-        return scheduler
-
-    yield start
-    for scheduler in running:
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
 
 
 def new_request(created_at: datetime) -> int:

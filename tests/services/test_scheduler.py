@@ -15,7 +15,7 @@ from sqlalchemy import event, func, select, update
 from portal import jobs
 from portal.clock import SystemClock
 from portal.extensions import db
-from portal.jobs import SchedulerLock, build_scheduler
+from portal.jobs import SchedulerLock
 from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest
 from portal.services import accounts, departments
 from portal.services import mail as outbox
@@ -49,23 +49,6 @@ def device_token(qa):
         now=NOW)
     db.session.commit()
     return token
-
-
-@pytest.fixture
-def start_scheduler(app):
-    """Starts build_scheduler(app) in the background; always shut down afterwards."""
-    running = []
-
-    def start():
-        scheduler = build_scheduler(app)
-        scheduler.start()
-        running.append(scheduler)
-        return scheduler
-
-    yield start
-    for scheduler in running:
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
 
 
 def new_request(created_at):

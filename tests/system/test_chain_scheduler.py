@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from scheduler_process import RUNNING, run_schedulers, scheduler_env
-from smtp_server import SmtpServer
 from sqlalchemy import func, select, update
 
 from portal.extensions import db
@@ -32,14 +31,6 @@ from portal.services.actors import CLI
 R1, R2, ONCALL = "first@example.com", "second@example.com", "on-call@example.com"
 FALLBACK_SUBJECT = "Remote session request for {device}"
 ESCALATION_SUBJECT = "Escalated: remote session request for {device}"
-
-
-@pytest.fixture
-def smtp():
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
