@@ -93,16 +93,17 @@ def next_deadline(now: datetime) -> datetime | None:
     return min(found, default=None)
 
 
-def take_chain_steps(app: Flask) -> list[tuple[int, str]]:
+def take_chain_steps(app: Flask) -> list[tuple[int, str]] | None:
     """The chain's due steps (fallback mail, escalation), a batch per commit; after the
-    expiry sweep, so a request past its deadline is timed out, not mailed."""
+    expiry sweep, so a request past its deadline is timed out, not mailed. None when a
+    batch failed (it is retried at the next periodic run, not at once)."""
     base_url = app.config["BASE_URL"]
     taken: list[tuple[int, str]] = []
     while True:
         done = _run(app, "approval chain",
                     lambda now: chain.take_due_steps(now, base_url=base_url))
         if done is None:
-            break
+            return None
         taken += done[0]
         if not done[1]:
             break
@@ -132,7 +133,8 @@ def _sweep(app: Flask) -> datetime | None:
     """The expiry job: sweep, then say when (in APScheduler's real time) the next
     deadline falls, for the listener to bring the next run forward to it."""
     expire_requests(app)
-    take_chain_steps(app)
+    if take_chain_steps(app) is None:
+        return None  # no bringing forward a step that failed: the periodic run retries it
     upcoming = _run(app, "next deadline", next_deadline)
     if upcoming is None:
         return None

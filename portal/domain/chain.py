@@ -27,7 +27,8 @@ def escalation_due(*, mailed_at: datetime, escalate_after_seconds: int,
 
 def escalation_targets(escalation_addresses: Iterable[str],
                        already_asked: Iterable[str]) -> list[str]:
-    """The "Escalate to" addresses to mail: those not asked already (addresses among the
+    """The addresses to mail (the "Escalate to" ones, or the fallback's Recipient(s)):
+    those not asked already and whose Allow did not count already (addresses among the
     request's recipients are not mailed twice), case-blind, first spelling kept, in
     order."""
     seen = {address.lower() for address in already_asked}

@@ -12,19 +12,23 @@ deadline is the request's `expires_at`, fixed at creation.
 """
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import joinedload
 
+from portal.domain import approvals as approval_rules
 from portal.domain import chain as rules
 from portal.domain.requests import EmailCheck, EndUserCheck, Status
 from portal.extensions import db
 from portal.models import ApprovalLink, Department, SessionRequest
 from portal.services.actors import SYSTEM
-from portal.services.requests import ask_approvers, audit_request
+from portal.services.requests import ask_approvers, audit_queued, audit_request
 
 BATCH = 200
+RETRY_SECONDS = 30  # a step that failed (say, a broken template) is tried again after this
+log = logging.getLogger("portal.jobs")
 
 
 def take_due_steps(now: datetime, *, base_url: str, limit: int = BATCH
@@ -56,9 +60,19 @@ def take_due_steps(now: datetime, *, base_url: str, limit: int = BATCH
     taken = []
     for req in requests:
         step = rules.step_kind(req.email_check)
-        if step == rules.FALLBACK:
-            _fall_back(req, now=now, base_url=base_url)
-        elif not _escalate(req, asked.get(req.id, []), now=now, base_url=base_url):
+        try:
+            with db.session.begin_nested():  # one request's failure costs only its step
+                if step == rules.FALLBACK:
+                    _fall_back(req, now=now, base_url=base_url)
+                elif not _escalate(req, asked.get(req.id, []), now=now, base_url=base_url):
+                    continue
+        except Exception:
+            log.exception("the %s step of request %s failed; retrying in %s s", step,
+                          req.id, RETRY_SECONDS)
+            db.session.execute(
+                update(SessionRequest).where(SessionRequest.id == req.id)
+                .values(chain_due_at=now + timedelta(seconds=RETRY_SECONDS))
+                .execution_options(synchronize_session=False))
             continue
         taken.append((req.id, step))
     db.session.flush()
@@ -76,35 +90,77 @@ def _asked_already(request_ids: list[int]) -> dict[int, list[str]]:
 
 def _fall_back(req: SessionRequest, *, now: datetime, base_url: str) -> None:
     """Nobody answered at the device by its deadline: ask the approvers now (Recipient(s)
-    as they are now), for what is left of the request's fixed deadline."""
+    as they are now, but anyone whose Allow already counted), for what is left of the
+    request's fixed deadline."""
     settings = req.department.settings
     if req.end_user_check == EndUserCheck.PENDING.value:
         req.end_user_check = EndUserCheck.TIMED_OUT.value
     req.email_check = EmailCheck.PENDING.value
-    req.fallback_mailed_at = now
+    targets = rules.escalation_targets(settings.recipients,
+                                       approval_rules.parse_approvers(req.approved_by))
+    if targets:
+        req.fallback_mailed_at = now
     req.chain_due_at = rules.escalation_due(
         mailed_at=now, escalate_after_seconds=settings.escalate_after_seconds,
         escalation_addresses=settings.escalation_addresses, expires_at=req.expires_at)
+    asked = ask_approvers(req, targets, settings=settings, now=now, base_url=base_url)
     audit_request(req, "request.fallback_mailed", SYSTEM, now,
-                  because="the end user didn't answer", recipients=settings.recipients)
-    ask_approvers(req, settings.recipients, settings=settings, actor=SYSTEM, now=now,
-                  base_url=base_url)
+                  because="the end user didn't answer", recipients=asked)
+    audit_queued(req, asked, SYSTEM, now)
 
 
 def _escalate(req: SessionRequest, asked: list[str], *, now: datetime,
               base_url: str) -> bool:
     """Still pending "Escalate after" seconds after the approvers were mailed: mail
-    "Escalate to" as it reads now, but nobody asked already. Whether anyone was mailed."""
+    "Escalate to" as it reads now, but nobody asked already or whose Allow counted.
+    Whether anyone was mailed."""
     settings = req.department.settings
-    targets = rules.escalation_targets(settings.escalation_addresses, asked)
+    targets = rules.escalation_targets(
+        settings.escalation_addresses,
+        [*asked, *approval_rules.parse_approvers(req.approved_by)])
     if not targets:
         return False
     req.escalated_at = now
-    audit_request(req, "request.escalated", SYSTEM, now, recipients=targets,
-                  after_seconds=settings.escalate_after_seconds)
-    ask_approvers(req, targets, settings=settings, actor=SYSTEM, now=now,
-                  base_url=base_url, is_escalation=True)
+    mailed = ask_approvers(req, targets, settings=settings, now=now, base_url=base_url,
+                           is_escalation=True)
+    waited = (now - mailed_at(req)).total_seconds()
+    audit_request(req, "request.escalated", SYSTEM, now, recipients=mailed,
+                  after_seconds=int(waited))
+    audit_queued(req, mailed, SYSTEM, now)
     return True
+
+
+def mailed_at(req) -> datetime:
+    """When the request's approvers were first mailed (at creation, or by the fallback)."""
+    return req.fallback_mailed_at or req.created_at
+
+
+def reschedule_escalations(department_id: int, settings, now: datetime) -> int:
+    """"Escalate to" or "Escalate after" changed: the department's pending requests whose
+    approvers were mailed and that were not escalated yet escalate by the new settings
+    (none, when "Escalate to" is now empty). Each is one conditional UPDATE, which skips a
+    request a job escalated or a decision ended meanwhile. The number rescheduled."""
+    pending = db.session.execute(
+        select(SessionRequest.id, SessionRequest.created_at,
+               SessionRequest.fallback_mailed_at, SessionRequest.expires_at)
+        .where(SessionRequest.department_id == department_id,
+               SessionRequest.status == Status.PENDING.value,
+               SessionRequest.email_check == EmailCheck.PENDING.value,
+               SessionRequest.escalated_at.is_(None),
+               SessionRequest.expires_at > now)
+        .order_by(SessionRequest.id)).all()
+    for row in pending:
+        due = rules.escalation_due(
+            mailed_at=mailed_at(row), escalate_after_seconds=settings.escalate_after_seconds,
+            escalation_addresses=settings.escalation_addresses, expires_at=row.expires_at)
+        db.session.execute(
+            update(SessionRequest)
+            .where(SessionRequest.id == row.id,
+                   SessionRequest.status == Status.PENDING.value,
+                   SessionRequest.email_check == EmailCheck.PENDING.value,
+                   SessionRequest.escalated_at.is_(None))
+            .values(chain_due_at=due).execution_options(synchronize_session=False))
+    return len(pending)
 
 
 def next_due() -> datetime | None:

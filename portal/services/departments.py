@@ -10,6 +10,7 @@ from sqlalchemy.orm import joinedload
 from portal.domain import settings as rules
 from portal.extensions import db
 from portal.models import Department, DepartmentSettings, Device, DeviceGroup, Exclusion
+from portal.services import chain
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
@@ -95,6 +96,8 @@ def update_settings(*, department: Department, values: dict[str, Any], actor: Ac
     if changes:
         settings.updated_at = now
         db.session.flush()
+        if {"escalation_recipients", "escalate_after_seconds"} & {f for f, _, _ in changes}:
+            chain.reschedule_escalations(department.id, settings, now)
         for field, before, after in changes:
             record_event(actor=actor, action="settings.changed", target_type="department",
                          target_id=department.id, department_id=department.id, now=now,

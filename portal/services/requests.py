@@ -157,31 +157,32 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         req.chain_due_at = plan.fallback_due_at
     db.session.add(req)
     db.session.flush()  # its id, which the links, the emails and the audit events carry
+    # The links and their emails first, then every audit event (one INSERT at the flush).
+    asked = ask_approvers(req, settings.recipients, settings=settings, now=now,
+                          base_url=base_url) if plan.email is EmailCheck.PENDING else []
     audit_request(req, "request.created", actor, now, technician=technician.email, run_as=run_as,
            reason=reason, end_user=plan.end_user.value, email=plan.email.value,
            expires_at=plan.expires_at.isoformat())
     if plan.status is Status.APPROVED:
         audit_request(req, "request.decided", actor, now, status="approved",
                decided_by=plan.decided_by, decision_reason=plan.decision_reason)
-    if plan.email is EmailCheck.PENDING:
-        if plan.is_fallback_now:
-            audit_request(req, "request.fallback_mailed", actor, now,
-                          because=plan.end_user_skipped_because or "prompt skipped",
-                          recipients=settings.recipients)
-        ask_approvers(req, settings.recipients, settings=settings, actor=actor, now=now,
-                      base_url=base_url)
+    if plan.is_fallback_now:
+        audit_request(req, "request.fallback_mailed", actor, now,
+                      because=plan.end_user_skipped_because or "prompt skipped",
+                      recipients=asked)
+    audit_queued(req, asked, actor, now)
     db.session.flush()
     return req
 
 
-def ask_approvers(req: SessionRequest, addresses: list[str], *, settings, actor: Actor,
-                  now: datetime, base_url: str, is_escalation: bool = False) -> None:
+def ask_approvers(req: SessionRequest, addresses: list[str], *, settings, now: datetime,
+                  base_url: str, is_escalation: bool = False) -> list[str]:
     """Mail `addresses` a "Check Request" link each: the links in one INSERT (under
-    today's sign-in rule), their emails (rendered once) in another, then an email.queued
-    audit event each."""
+    today's sign-in rule), their emails (rendered once) in another. The addresses mailed;
+    the caller records them (audit_queued) after its own events."""
     links = [(recipient, crypto.new_token()) for recipient in addresses]
     if not links:
-        return
+        return []
     db.session.execute(insert(ApprovalLink), [{
         "request_id": req.id, "recipient_email": recipient,
         "token_hash": crypto.keyed_hash(token), "created_at": now,
@@ -189,7 +190,12 @@ def ask_approvers(req: SessionRequest, addresses: list[str], *, settings, actor:
     } for recipient, token in links])
     mail.queue_approval_emails(req=req, links=links, base_url=base_url, now=now,
                                is_escalation=is_escalation)
-    for recipient, _token in links:
+    return [recipient for recipient, _token in links]
+
+
+def audit_queued(req: SessionRequest, recipients: list[str], actor: Actor,
+                 now: datetime) -> None:
+    for recipient in recipients:
         audit_request(req, "email.queued", actor, now, recipient=recipient)
 
 

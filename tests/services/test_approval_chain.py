@@ -246,6 +246,7 @@ def test_a_request_still_pending_is_escalated_once(w):
     assert mailed(req) == [R1, R2, ONCALL]  # R1 is a recipient already: not mailed twice
     [escalation] = events(req, "request.escalated")
     assert escalation == {**escalation, "recipients": [ONCALL], "after_seconds": 120}
+    assert events(req, "email.queued")[-1]["recipient"] == ONCALL
     message = db.session.scalars(select(OutboxMessage).where(
         OutboxMessage.recipient == ONCALL)).one()
     assert message.subject == f"Escalated: remote session request for {DEVICE}"
@@ -326,12 +327,15 @@ def test_escalation_allows_count_towards_approvals_required(w):
     by_link(w, req, R1, now=NOW + S)
     db.session.commit()
     step(NOW + 120 * S)
+    late = tokens(req)[R2]
     by_link(w, req, ONCALL, now=NOW + 121 * S)
     db.session.commit()
     req = reload(req)
     assert (req.status, req.decided_by, req.approvals_received) == ("approved", ONCALL, 2)
-    assert isinstance(refused(lambda: by_link(w, req, R2, now=NOW + 122 * S)),
-                      (AlreadyDecidedError, ExpiredError, KeyError))
+    link = decisions.find_link(late)
+    assert isinstance(refused(lambda: decisions.decide_with_link(
+        link=link, decision="allow", signed_in=w.users[R2], actor=CLI,
+        now=NOW + 122 * S)), AlreadyDecidedError)
 
 
 def test_a_technician_among_the_escalation_addresses_cannot_decide_their_own_request(w):
@@ -343,5 +347,71 @@ def test_a_technician_among_the_escalation_addresses_cannot_decide_their_own_req
     error = refused(lambda: decisions.decide_with_link(
         link=link, decision="allow", signed_in=w.tech,
         actor=Actor.for_user(w.tech, "192.0.2.10"), now=NOW + 121 * S))
-    assert isinstance(error, ForbiddenError)
+    assert isinstance(error, ForbiddenError) and error.message == decisions.OWN_REQUEST
     assert reload(req).status == "pending"
+
+
+def test_changing_the_escalation_settings_reschedules_pending_requests(w):
+    configure(w.qa, is_fallback_to_email=False)  # no escalation when the emails went out
+    req = create(w)
+    assert reload(req).chain_due_at is None
+    configure(w.qa, is_fallback_to_email=False, escalation_recipients=ONCALL,
+              escalate_after_seconds=60)
+    assert reload(req).chain_due_at == NOW + 60 * S  # from when the emails went out
+    configure(w.qa, is_fallback_to_email=False, escalation_recipients=ONCALL,
+              escalate_after_seconds=90)
+    assert reload(req).chain_due_at == NOW + 90 * S
+    assert step(NOW + 90 * S) == [(req.id, "escalation")]
+    assert events(req, "request.escalated")[0]["after_seconds"] == 90
+    # Once escalated, a later change reschedules nothing.
+    configure(w.qa, is_fallback_to_email=False, escalation_recipients=LEAD,
+              escalate_after_seconds=30)
+    assert reload(req).chain_due_at is None
+    assert step(NOW + 200 * S) == [] and LEAD not in mailed(req)
+
+
+def test_emptying_escalate_to_unschedules_pending_requests(w):
+    configure(w.qa, is_fallback_to_email=False, escalation_recipients=ONCALL)
+    req = create(w)
+    waiting = create(w, NOW + S)
+    configure(w.qa, is_fallback_to_email=False, escalation_recipients="")
+    assert reload(req).chain_due_at is None and reload(waiting).chain_due_at is None
+    assert step(NOW + 500 * S) == []
+
+
+def test_the_fallback_and_escalation_skip_an_approver_whose_allow_counted(w):
+    configure(w.qa, approvals_required=2, escalation_recipients=f"{R1}\n{ONCALL}",
+              escalate_after_seconds=30)
+    req = create(w)
+    # An approver allows in the portal while the approvers have not been mailed yet.
+    decisions.decide_in_portal(user=w.users[R1], request_id=req.id, decision="allow",
+                               actor=Actor.for_user(w.users[R1], "192.0.2.8"),
+                               now=NOW + 5 * S)
+    db.session.commit()
+    assert reload(req).status == "pending"
+    assert step(NOW + 60 * S) == [(req.id, "fallback")]
+    assert mailed(req) == [R2]  # R1's Allow counted already: no email to them
+    assert events(req, "request.fallback_mailed")[0]["recipients"] == [R2]
+    assert step(NOW + 90 * S) == [(req.id, "escalation")]
+    assert mailed(req) == [R2, ONCALL]
+
+
+def test_one_failing_step_costs_only_its_own_request(w, monkeypatch):
+    first, second = create(w), create(w)
+    real = chain._fall_back
+
+    def fails_for_the_first(req, **kwargs):
+        if req.id == first.id:
+            raise RuntimeError("template broke")
+        return real(req, **kwargs)
+
+    monkeypatch.setattr(chain, "_fall_back", fails_for_the_first)
+    assert step(NOW + 60 * S) == [(second.id, "fallback")]
+    assert mailed(first) == [] and sorted(mailed(second)) == [R1, R2]
+    assert events(first, "request.fallback_mailed") == []
+    # Tried again later, not in a loop.
+    assert reload(first).chain_due_at == NOW + (60 + chain.RETRY_SECONDS) * S
+    monkeypatch.setattr(chain, "_fall_back", real)
+    assert step(NOW + 60 * S) == []
+    assert step(NOW + (60 + chain.RETRY_SECONDS) * S) == [(first.id, "fallback")]
+    assert sorted(mailed(first)) == [R1, R2]
