@@ -163,8 +163,13 @@ def reschedule_escalations(department_id: int, settings, now: datetime) -> int:
     return len(pending)
 
 
+def next_due_query():
+    """When the earliest chain step falls due (an indexed read), for the job to wake; a
+    scalar subquery."""
+    return (select(SessionRequest.chain_due_at)
+            .where(SessionRequest.chain_due_at.is_not(None))
+            .order_by(SessionRequest.chain_due_at).limit(1).scalar_subquery())
+
+
 def next_due() -> datetime | None:
-    """When the earliest chain step falls due (one indexed read), for the job to wake."""
-    return db.session.scalar(
-        select(SessionRequest.chain_due_at).where(SessionRequest.chain_due_at.is_not(None))
-        .order_by(SessionRequest.chain_due_at).limit(1))
+    return db.session.scalar(select(next_due_query()))

@@ -42,11 +42,15 @@ def time_out_due(model, now: datetime, limit: int | None, *columns) -> list:
         .execution_options(synchronize_session=False)).all())
 
 
+def next_deadline_query(model):
+    """When the earliest pending request of `model` falls due (an indexed read), for the
+    sweep to wake then; a scalar subquery, so one statement can ask several."""
+    return (select(model.expires_at).where(model.status == PENDING)
+            .order_by(model.expires_at).limit(1).scalar_subquery())
+
+
 def next_deadline(model) -> datetime | None:
-    """When the earliest pending request of `model` falls due (one indexed read), for the
-    sweep to wake then."""
-    return db.session.scalar(select(model.expires_at).where(model.status == PENDING)
-                             .order_by(model.expires_at).limit(1))
+    return db.session.scalar(select(next_deadline_query(model)))
 
 
 def end_once(model, *, device: Device, session_id: int, now: datetime, what: str,
