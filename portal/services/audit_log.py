@@ -46,13 +46,8 @@ def conditions(department_id: int, log_filter: LogFilter,
         where.append(AuditEvent.action == log_filter.choice)
     if log_filter.person:  # the actor: an email (stored lower case) or "device:…", "cli"
         where.append(AuditEvent.actor.in_({log_filter.person, log_filter.person.lower()}))
-    if log_filter.device:
-        name = log_filter.device.lower()
-        where.append(or_(
-            func.lower(AuditEvent.details["device"].as_string()) == name,
-            and_(AuditEvent.target_type == "device",
-                 func.lower(AuditEvent.details["name"].as_string()) == name),
-            func.lower(AuditEvent.actor) == f"device:{name}"))
+    if log_filter.device:  # the device the event is about (services/audit.device_of)
+        where.append(AuditEvent.device == log_filter.device.lower())
     if request_id is not None:
         where += [AuditEvent.target_type == "session_request",
                   AuditEvent.target_id == str(request_id)]
@@ -143,6 +138,17 @@ def _occurred_at_text():
     return func.replace(type_coerce(AuditEvent.occurred_at, String), " ", "T") + "Z"
 
 
+def _export_batch(where: list, columns, below: int, batch_size: int):
+    """The next `batch_size` events the filter selects below seq `below`, newest first,
+    in one statement: the batch's lowest seq from the index (a scalar subquery), then
+    the rows of the seq range [lowest, below) that the filter selects, read in key order.
+    (`seq IN (the batch's seqs)` makes PostgreSQL hash-join the whole table per batch.)"""
+    newest = _newest_seqs(where, below, batch_size).subquery()
+    lowest = select(func.min(newest.c.seq)).scalar_subquery()
+    return (select(*columns).where(*where, AuditEvent.seq < below, AuditEvent.seq >= lowest)
+            .order_by(AuditEvent.seq.desc()))
+
+
 def exported_events(*, department_id: int, log_filter: LogFilter, request_id: int | None,
                     through_seq: int, batch_size: int = EXPORT_BATCH
                     ) -> Iterator[ExportedEvent]:
@@ -153,9 +159,7 @@ def exported_events(*, department_id: int, log_filter: LogFilter, request_id: in
     connection = db.session.connection()  # Core rows: no ORM layer per row
     below = through_seq + 1
     while True:
-        rows = connection.execute(
-            select(*columns).where(AuditEvent.seq.in_(_newest_seqs(where, below, batch_size)))
-            .order_by(AuditEvent.seq.desc())).all()
+        rows = connection.execute(_export_batch(where, columns, below, batch_size)).all()
         for (seq, actor, action, target_type, target_id, department, client_ip, outcome,
              details, digest, index, at) in rows:
             yield ExportedEvent(index, ExportRow(
