@@ -19,6 +19,17 @@ branch_labels = None
 depends_on = None
 
 RUNNING = 'ended_at IS NULL'
+# The Sessions page's "Person" filter, matched case-blind.
+PERSON_INDEXES = (
+    ('ix_session_requests_department_id_lower_run_as', 'session_requests',
+     ['department_id', 'lower(run_as)']),
+    ('ix_session_requests_department_id_lower_decided_by', 'session_requests',
+     ['department_id', 'lower(decided_by)']),
+    ('ix_client_sessions_department_id_lower_username', 'client_sessions',
+     ['department_id', 'lower(username)', 'started_at']),
+    ('ix_client_sessions_department_id_lower_email', 'client_sessions',
+     ['department_id', 'lower(email)', 'started_at']),
+)
 
 # services/audit.device_of in SQL: the details' "device", else a device event's "name",
 # else the device that acted ("device:<name>"); lower case. The column is derived, not
@@ -66,9 +77,19 @@ def upgrade():
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index('ix_audit_events_department_id_device_seq',
                               ['department_id', 'device', 'seq'], unique=False)
+    for table, columns in (('remote_sessions', ['started_at', 'id']),
+                           ('client_sessions', ['department_id', 'started_at', 'id'])):
+        op.create_index(f'ix_{table}_running', table, columns, unique=False,
+                        sqlite_where=sa.text(RUNNING), postgresql_where=sa.text(RUNNING))
+    for name, table, columns in PERSON_INDEXES:
+        op.create_index(name, table, [sa.text(column) for column in columns], unique=False)
 
 
 def downgrade():
+    for name, table, _ in reversed(PERSON_INDEXES):
+        op.drop_index(name, table_name=table)
+    for table in ('client_sessions', 'remote_sessions'):
+        op.drop_index(f'ix_{table}_running', table_name=table)
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_events_department_id_device_seq')
         batch_op.drop_column('device')
