@@ -121,11 +121,14 @@ class ExportedEvent(NamedTuple):
     row: ExportRow
 
 
-_EXPORTED = (AuditEvent.seq, AuditEvent.actor, AuditEvent.action,
-             AuditEvent.target_type, AuditEvent.target_id, AuditEvent.department_id,
-             AuditEvent.client_ip, AuditEvent.outcome,
-             cast(AuditEvent.details, Text).label("details"),  # as stored: not parsed
-             AuditEvent.chain_hash, AuditEvent.chain_index)
+def _exported_columns():
+    """An ExportRow's columns (occurred_at and target as the export writes them, built by
+    the database), then the chain index."""
+    return (AuditEvent.seq, _occurred_at_text(), AuditEvent.actor, AuditEvent.action,
+            (AuditEvent.target_type + ":" + AuditEvent.target_id).label("target"),
+            AuditEvent.department_id, AuditEvent.client_ip, AuditEvent.outcome,
+            cast(AuditEvent.details, Text).label("details"),  # as stored: not parsed
+            AuditEvent.chain_hash, AuditEvent.chain_index)
 
 
 def _occurred_at_text():
@@ -149,22 +152,43 @@ def _export_batch(where: list, columns, below: int, batch_size: int):
             .order_by(AuditEvent.seq.desc()))
 
 
-def exported_events(*, department_id: int, log_filter: LogFilter, request_id: int | None,
-                    through_seq: int, batch_size: int = EXPORT_BATCH
-                    ) -> Iterator[ExportedEvent]:
-    """Every event the filter selects with seq <= through_seq, newest first, read
-    `batch_size` at a time by seq (no offset, nothing kept between batches)."""
+def _export_rows(department_id: int, log_filter: LogFilter, request_id: int | None,
+                 through_seq: int, batch_size: int) -> Iterator[list]:
+    """Every event the filter selects with seq <= through_seq, newest first, as lists of
+    `batch_size` database rows (_exported_columns) read by seq (no offset, nothing kept
+    between batches)."""
     where = conditions(department_id, log_filter, request_id)
-    columns = (*_EXPORTED, _occurred_at_text())
+    columns = _exported_columns()
     connection = db.session.connection()  # Core rows: no ORM layer per row
     below = through_seq + 1
     while True:
         rows = connection.execute(_export_batch(where, columns, below, batch_size)).all()
-        for (seq, actor, action, target_type, target_id, department, client_ip, outcome,
-             details, digest, index, at) in rows:
-            yield ExportedEvent(index, ExportRow(
-                seq, at, actor, action, f"{target_type}:{target_id}", department,
-                client_ip, outcome, details_text(details), digest))
+        if rows:
+            yield rows
         if len(rows) < batch_size:
             return
         below = rows[-1][0]
+
+
+def export_batches(*, department_id: int, log_filter: LogFilter, request_id: int | None,
+                   through_seq: int, batch_size: int = EXPORT_BATCH) -> Iterator[list[tuple]]:
+    """The export's rows (ExportRow's fields, as plain tuples: the per-row cost is what
+    bounds an export), newest first, a batch at a time."""
+    for rows in _export_rows(department_id, log_filter, request_id, through_seq, batch_size):
+        yield [(seq, at, actor, action, target, department, client_ip, outcome,
+                details if details and "\n" not in details and "\r" not in details
+                else details_text(details), digest)
+               for (seq, at, actor, action, target, department, client_ip, outcome,
+                    details, digest, _) in rows]
+
+
+def exported_events(*, department_id: int, log_filter: LogFilter, request_id: int | None,
+                    through_seq: int, batch_size: int = EXPORT_BATCH
+                    ) -> Iterator[ExportedEvent]:
+    """The export's events one by one, each with its chain index (`audit verify`)."""
+    for rows in _export_rows(department_id, log_filter, request_id, through_seq, batch_size):
+        for (seq, at, actor, action, target, department, client_ip, outcome, details,
+             digest, index) in rows:
+            yield ExportedEvent(index, ExportRow(
+                seq, at, actor, action, target, department, client_ip, outcome,
+                details_text(details), digest))
