@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import (String, Text, and_, cast, func, literal_column, or_, select,
-                        type_coerce)
+from sqlalchemy import String, Text, cast, func, literal_column, select, type_coerce
 
 from portal.domain.audit import Head
 from portal.domain.audit_export import ACTIONS, ExportRow, details_text
