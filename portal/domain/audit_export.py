@@ -91,6 +91,17 @@ def details_text(raw: str | None) -> str:
 _text = encode_basestring_ascii  # a JSON string literal, ASCII only (the C encoder)
 
 
+def _one_line(details: str | None) -> str:
+    """details_text, cheap for the usual text that needs nothing done."""
+    if details and "\n" not in details and "\r" not in details:
+        return details
+    return details_text(details)
+
+
+def _formula_safe(cell: str) -> str:
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def json_line(row: ExportRow) -> str:
     """The row as one JSON Lines line (with its newline): always the same bytes for the
     same event, so `audit verify --export` can compare lines."""
@@ -131,7 +142,8 @@ class JsonLines:
             f'"target":{_text(target)},"department":'
             f'{"null" if department is None else int(department)},'
             f'"client_ip":{memo[client_ip]},"outcome":{memo[outcome]},'
-            f'"details":{details},"hash":{"null" if digest is None else _text(digest)}}}\n'
+            f'"details":{_one_line(details)},'
+            f'"hash":{"null" if digest is None else _text(digest)}}}\n'
             for seq, at, actor, action, target, department, client_ip, outcome, details,
             digest in rows])
 
@@ -184,9 +196,9 @@ class CsvWriter:
             memo.clear()
         self._writer.writerows([
             (seq, at, memo[actor], memo[action],
-             "'" + target if target.startswith(FORMULA_STARTS) else target,
+             _formula_safe(target),
              "" if department is None else department, memo[client_ip], memo[outcome],
-             "'" + details if details.startswith(FORMULA_STARTS) else details, digest or "")
+             _formula_safe(_one_line(details)), digest or "")
             for seq, at, actor, action, target, department, client_ip, outcome, details,
             digest in rows])
         text = self._buffer.getvalue()

@@ -189,7 +189,7 @@ def _remote_person(department_id: int, person: str):
     lower(run_as) / lower(decided_by)), one part each (an OR would read every request of
     the department on SQLite), so a person with no remote session reads none."""
     requests = select(SessionRequest.id).where(SessionRequest.department_id == department_id)
-    return RemoteSession.request_id.in_(union(
+    return SessionRequest.id.in_(union(
         requests.join(User, User.id == SessionRequest.technician_id)
         .where(func.lower(User.email) == person),
         requests.where(func.lower(SessionRequest.run_as) == person),
