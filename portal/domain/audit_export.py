@@ -92,6 +92,17 @@ def details_text(raw: str | None) -> str:
 _text = encode_basestring_ascii  # a JSON string literal, ASCII only (the C encoder)
 
 
+def _one_line(details: str | None) -> str:
+    """details_text, cheap for the usual text that needs nothing done."""
+    if details and "\n" not in details and "\r" not in details:
+        return details
+    return details_text(details)
+
+
+def _formula_safe(cell: str) -> str:
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def json_line(row: ExportRow) -> str:
     """The row as one JSON Lines line (with its newline): always the same bytes for the
     same event, so `audit verify --export` can compare lines."""
@@ -102,6 +113,40 @@ def json_line(row: ExportRow) -> str:
             f'"target":{_text(row.target)},"department":{department},'
             f'"client_ip":{_text(row.client_ip)},"outcome":{_text(row.outcome)},'
             f'"details":{row.details},"hash":{digest}}}\n')
+
+
+class _Encoded(dict):
+    """Text -> its JSON string literal, encoded on first use (a hit costs a dict look-up)."""
+
+    def __missing__(self, value: str) -> str:
+        encoded = self[value] = _text(value)
+        return encoded
+
+
+class JsonLines:
+    """json_line for a whole export, a batch of rows (ExportRow's fields) at a time: the
+    same bytes, with the texts that repeat from row to row (actor, action, client IP,
+    outcome) encoded once each."""
+
+    MEMO = 10_000  # distinct texts kept; then it starts again (memory stays bounded)
+
+    def __init__(self) -> None:
+        self._memo = _Encoded()
+
+    def lines(self, rows: Iterable[tuple]) -> str:
+        memo = self._memo
+        if len(memo) > self.MEMO:
+            memo.clear()
+        return "".join([
+            f'{{"seq":{int(seq)},"occurred_at":{_text(at)},'
+            f'"actor":{memo[actor]},"action":{memo[action]},'
+            f'"target":{_text(target)},"department":'
+            f'{"null" if department is None else int(department)},'
+            f'"client_ip":{memo[client_ip]},"outcome":{memo[outcome]},'
+            f'"details":{_one_line(details)},'
+            f'"hash":{"null" if digest is None else _text(digest)}}}\n'
+            for seq, at, actor, action, target, department, client_ip, outcome, details,
+            digest in rows])
 
 
 def head_line(seq: int, chain_hash: str) -> str:
@@ -124,17 +169,39 @@ def csv_cells(row: ExportRow) -> tuple:
             neutralise(outcome), neutralise(details), digest or "")
 
 
+class _Neutralised(dict):
+    """Cell -> neutralise(cell), worked out on first use."""
+
+    def __missing__(self, cell: str) -> str:
+        safe = self[cell] = neutralise(cell)
+        return safe
+
+
 class CsvWriter:
-    """CSV text a batch of records at a time (RFC 4180 quoting, CRLF line ends)."""
+    """CSV text a batch of records at a time (RFC 4180 quoting, CRLF line ends); the
+    cells that repeat from row to row (actor, action, client IP, outcome) are checked
+    for a formula start once each."""
+
+    MEMO = 10_000
 
     def __init__(self) -> None:
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer)
+        self._memo = _Neutralised()
 
-    def rows(self, rows: Iterable[ExportRow] = (), *, header: bool = False) -> str:
+    def rows(self, rows: Iterable[tuple] = (), *, header: bool = False) -> str:
         if header:
             self._writer.writerow(COLUMNS)
-        self._writer.writerows(map(csv_cells, rows))
+        memo = self._memo
+        if len(memo) > self.MEMO:
+            memo.clear()
+        self._writer.writerows([
+            (seq, at, memo[actor], memo[action],
+             _formula_safe(target),
+             "" if department is None else department, memo[client_ip], memo[outcome],
+             _formula_safe(_one_line(details)), digest or "")
+            for seq, at, actor, action, target, department, client_ip, outcome, details,
+            digest in rows])
         text = self._buffer.getvalue()
         self._buffer.seek(0)
         self._buffer.truncate()

@@ -10,6 +10,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from portal.extensions import db
 from portal.models.types import UTCDateTime
 
+DEVICE_LENGTH = 254
+
 
 class AuditEvent(db.Model):
     """Writers insert, with `seq` from the database and no shared lock; the sealing step
@@ -27,6 +29,8 @@ class AuditEvent(db.Model):
         Index("ix_audit_events_department_id_actor_seq", "department_id", "actor", "seq"),
         Index("ix_audit_events_department_id_occurred_at_seq", "department_id",
               "occurred_at", "seq"),
+        # The "Device" filter: a department's events about one device, newest first.
+        Index("ix_audit_events_department_id_device_seq", "department_id", "device", "seq"),
         # What the sealer has left to do: a handful of rows, however long the trail.
         Index("ix_audit_events_unsealed", "seq", sqlite_where=text("chain_index IS NULL"),
               postgresql_where=text("chain_index IS NULL")),
@@ -45,6 +49,10 @@ class AuditEvent(db.Model):
     client_ip: Mapped[str] = mapped_column(String(45), default="")
     outcome: Mapped[str] = mapped_column(String(32))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The device the event is about, lower case (services/audit.device_of), for the
+    # "Device" filter. Derived from the contents above, so not hashed: the chain covers
+    # only what portal.domain.audit.EventFields names.
+    device: Mapped[str | None] = mapped_column(String(DEVICE_LENGTH), nullable=True)
     # Set once by the sealer: the event's place in the chain and its two HMACs.
     chain_index: Mapped[int | None] = mapped_column(Integer, unique=True, nullable=True)
     leaf_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

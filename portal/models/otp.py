@@ -11,6 +11,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -103,6 +105,9 @@ class ClientSession(db.Model):
     __table_args__ = (
         Index("ix_client_sessions_device_id_started_at", "device_id", "started_at"),
         Index("ix_client_sessions_department_id_started_at", "department_id", "started_at"),
+        # State "running": the department's running sessions, newest first (few rows).
+        Index("ix_client_sessions_running", "department_id", "started_at", "id",
+              sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -122,3 +127,11 @@ class ClientSession(db.Model):
     def user_name(self) -> str:
         """As the client session list shows it: `<logged in user> (<email>)`."""
         return f"{self.username} ({self.email})"
+
+
+# The "Person" filter (matched case-blind on the user name and the email): a person's
+# sessions without reading every session of the department.
+Index("ix_client_sessions_department_id_lower_username", ClientSession.department_id,
+      func.lower(ClientSession.username), ClientSession.started_at)
+Index("ix_client_sessions_department_id_lower_email", ClientSession.department_id,
+      func.lower(ClientSession.email), ClientSession.started_at)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    func,
     text,
     true,
 )
@@ -84,6 +85,14 @@ class SessionRequest(db.Model):
     device: Mapped[Device] = relationship()
     department: Mapped[Department] = relationship()
     technician: Mapped[User] = relationship()
+
+
+# The Sessions page's "Person" filter on remote sessions (matched case-blind): the
+# requests a person ran as or approved, without reading every request of the department.
+Index("ix_session_requests_department_id_lower_run_as", SessionRequest.department_id,
+      func.lower(SessionRequest.run_as))
+Index("ix_session_requests_department_id_lower_decided_by", SessionRequest.department_id,
+      func.lower(SessionRequest.decided_by))
 
 
 class RequestApproval(db.Model):
@@ -167,6 +176,9 @@ class RemoteSession(db.Model):
         Index("ix_remote_sessions_device_id_end_requested", "device_id",
               sqlite_where=text("end_requested_at IS NOT NULL AND ended_at IS NULL"),
               postgresql_where=text("end_requested_at IS NOT NULL AND ended_at IS NULL")),
+        # State "running": the running sessions, newest first (few, whatever the history).
+        Index("ix_remote_sessions_running", "started_at", "id",
+              sqlite_where=text("ended_at IS NULL"), postgresql_where=text("ended_at IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -19,6 +19,7 @@ from portal.domain.audit import ChainBreak, Checkpoint, EventFields, Head, Seale
 from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
 from portal.models import AuditEvent, AuditHead
+from portal.models.audit import DEVICE_LENGTH
 from portal.services.actors import Actor
 
 SEAL_BATCH = 1000
@@ -36,12 +37,30 @@ def audit_key() -> bytes:
     return key if isinstance(key, bytes) else str(key).encode()
 
 
+DEVICE_ACTOR = "device:"
+
+
+def device_of(*, actor_label: str, target_type: str, details: dict[str, Any]) -> str | None:
+    """The device an event is about, lower case, for the audit log's "Device" filter: the
+    details' "device", else a device event's "name", else the device that acted
+    ("device:<name>"); None for an event about no device. Migration 0011 fills older
+    events the same way."""
+    name = details.get("device")
+    if not isinstance(name, str) and target_type == "device":
+        name = details.get("name")
+    if not isinstance(name, str) and actor_label.lower().startswith(DEVICE_ACTOR):
+        name = actor_label[len(DEVICE_ACTOR):]
+    return name.lower()[:DEVICE_LENGTH] if isinstance(name, str) and name else None
+
+
 def _values(*, actor: Actor, action: str, target_type: str, target_id: str | int,
             now: datetime, department_id: int | None = None, outcome: str = "success",
             details: dict[str, Any] | None = None) -> dict[str, Any]:
+    label = _one_line(actor.label)
+    details = scrub(details or {})
     return {
         "occurred_at": now,
-        "actor": _one_line(actor.label),
+        "actor": label,
         "actor_user_id": actor.user_id,
         "action": action,
         "target_type": target_type,
@@ -49,7 +68,8 @@ def _values(*, actor: Actor, action: str, target_type: str, target_id: str | int
         "department_id": department_id,
         "client_ip": _one_line(actor.client_ip, 45),
         "outcome": outcome,
-        "details": scrub(details or {}),
+        "details": details,
+        "device": device_of(actor_label=label, target_type=target_type, details=details),
     }
 
 

@@ -9,7 +9,7 @@ import re
 from flask import Blueprint, Response, current_app, render_template, stream_with_context
 from flask_login import login_required
 
-from portal.domain.audit_export import ACTIONS, CsvWriter, head_line, json_line
+from portal.domain.audit_export import ACTIONS, CsvWriter, JsonLines, head_line
 from portal.domain.permissions import Action
 from portal.services import audit_log
 from portal.web.common import current_actor, department_or_403, page_before, query_id, utcnow
@@ -65,29 +65,26 @@ def export(department_id: int, export_format: str):
     start = audit_log.begin_export(department=department, log_filter=found,
                                    request_id=request_id, export_format=export_format,
                                    actor=current_actor(), now=now)
-    events = audit_log.exported_events(department_id=department.id, log_filter=found,
+    batches = audit_log.export_batches(department_id=department.id, log_filter=found,
                                        request_id=request_id, through_seq=start.through_seq)
+
+    def chunks():
+        """The export's rows, CHUNK at a time."""
+        for rows in batches:
+            for at in range(0, len(rows), CHUNK):
+                yield rows[at:at + CHUNK]
 
     def csv_body():
         writer = CsvWriter()
         yield writer.rows(header=True)
-        batch = []
-        for event in events:
-            batch.append(event.row)
-            if len(batch) == CHUNK:
-                yield writer.rows(batch)
-                batch = []
-        yield writer.rows(batch)
+        for rows in chunks():
+            yield writer.rows(rows)
 
     def jsonl_body():
-        batch = []
-        for event in events:
-            batch.append(json_line(event.row))
-            if len(batch) == CHUNK:
-                yield "".join(batch)
-                batch = []
-        batch.append(head_line(start.head.seq, start.head.hash))
-        yield "".join(batch)
+        writer = JsonLines()
+        for rows in chunks():
+            yield writer.lines(rows)
+        yield head_line(start.head.seq, start.head.hash)
 
     body = csv_body() if export_format == "csv" else jsonl_body()
     filename = (f"audit-{_slug(department.name)}-{now:%Y%m%dT%H%M%SZ}"
