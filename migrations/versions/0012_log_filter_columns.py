@@ -3,9 +3,9 @@ column (filled from the details and the actor, as services/audit.device_of does)
 session lists' Person and State filters have indexes that find a person's or the running
 sessions without reading every session of the department
 
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-05 09:00:00
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-05 10:00:00
 
 """
 from alembic import op
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 
 # revision identifiers, used by Alembic.
-revision = '0011'
-down_revision = '0010'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
