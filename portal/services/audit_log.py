@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import String, Text, cast, func, literal_column, select, type_coerce
+from sqlalchemy import String, Text, cast, func, literal_column, or_, select, type_coerce
 
 from portal.domain.audit import Head
 from portal.domain.audit_export import ACTIONS, ExportRow, details_text
@@ -55,8 +55,7 @@ def conditions(department_id: int, log_filter: LogFilter,
 
 def _newest_seqs(where: list, below: int | None, limit: int, *, by_date: bool = False):
     """The seqs of the page: newest first, below `below`. Only seqs are sorted (the
-    indexes hold them), then the page's rows are read by key: sorting whole rows of a
-    long date range would read every one of them.
+    indexes hold them), then the page's rows are read by key.
 
     `by_date`: sort the seqs the date index finds (`seq + 0` is no column the primary key
     could order) instead of walking the primary key down from the newest event, which
@@ -72,12 +71,30 @@ def _newest_seqs(where: list, below: int | None, limit: int, *, by_date: bool = 
 def list_audit_events(*, department_id: int, log_filter: LogFilter, before: int | None,
                       limit: int, request_id: int | None = None) -> Page:
     """Newest first; next_after is the seq the next page continues before."""
-    # Only "From", on the first page: the newest events are in range, the walk is short.
-    by_date = log_filter.date_to is not None or bool(before and log_filter.date_from)
-    seqs = _newest_seqs(conditions(department_id, log_filter, request_id), before, limit + 1,
-                        by_date=by_date)
+    where = conditions(department_id, log_filter, request_id)
+    if log_filter.date_from is not None or log_filter.date_to is not None:
+        return _newest_in_range(where, before, limit)
+    seqs = _newest_seqs(where, before, limit + 1)
     query = (select(AuditEvent).where(AuditEvent.seq.in_(seqs))
              .order_by(AuditEvent.seq.desc()))
+    return fetch_page(query, limit, key=lambda event: event.seq)
+
+
+def _newest_in_range(where: list, before: int | None, limit: int) -> Page:
+    """A date range, newest first by time (then seq): the department's date index read
+    in its own order, one page of it — ordering by seq would sort every seq of the range
+    first. The page key is still the seq: the next page continues below that event's
+    (time, seq), looked up by its primary key."""
+    where = list(where)
+    if before:
+        at = db.session.scalar(select(AuditEvent.occurred_at).where(AuditEvent.seq == before))
+        if at is None:  # not an event (a hand-made URL): continue below the seq
+            where.append(AuditEvent.seq < before)
+        else:
+            where += [AuditEvent.occurred_at <= at,
+                      or_(AuditEvent.occurred_at < at, AuditEvent.seq < before)]
+    query = (select(AuditEvent).where(*where)
+             .order_by(AuditEvent.occurred_at.desc(), AuditEvent.seq.desc()))
     return fetch_page(query, limit, key=lambda event: event.seq)
 
 

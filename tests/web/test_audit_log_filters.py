@@ -8,11 +8,14 @@ from datetime import timedelta
 
 import pytest
 from factories import NOW
+from sqlalchemy import select
 
 from portal.domain.audit_export import ACTIONS
 from portal.extensions import db
+from portal.models import AuditEvent
 from portal.services import devices
 from portal.services.actors import CLI
+from portal.services.audit import record_event
 
 from .session_logs_setup import DEVICE, OTHER_DEVICE, build_world, remote_session
 
@@ -107,6 +110,34 @@ def test_pages_by_seq_keep_the_filter(client, auth, world, app, make):
         if url:
             assert "action=group.created" in url
     assert len(seen) == 9 == len(set(seen)) and seen == sorted(seen, reverse=True)
+
+
+def test_a_date_range_pages_newest_first_by_time(client, auth, world, app):
+    """With "From" / "To", the order is by time (then seq), so events recorded out of
+    time order still read newest first, and the pages by seq key neither skip nor repeat
+    one — ties in time included."""
+    times = [NOW + timedelta(days=2, minutes=m) for m in (5, 1, 9, 3, 3, 7, 1, 8, 3)]
+    for n, at in enumerate(times):
+        record_event(actor=CLI, action="group.created", target_type="group", target_id=n,
+                     department_id=world.qa.id, now=at, details={"name": f"G{n}"})
+    db.session.commit()
+    app.config["PAGE_SIZE"] = 1  # two events a page
+    auth.login("auditor@example.com")
+    url = (f"/departments/{world.qa.id}/audit?from=2026-11-24&to=2026-11-24"
+           "&action=group.created")
+    seen = []
+    while url:
+        page = client.get(url).get_data(as_text=True)
+        seen += _seqs(page)
+        found = re.search(r'href="([^"]*before=\d+[^"]*)">Older', page)
+        url = found.group(1).replace("&amp;", "&") if found else None
+        if url:
+            assert "from=2026-11-24" in url
+    events = db.session.scalars(select(AuditEvent).where(
+        AuditEvent.action == "group.created", AuditEvent.department_id == world.qa.id)).all()
+    newest_first = sorted(events, key=lambda e: (e.occurred_at, e.seq), reverse=True)
+    assert seen == [e.seq for e in newest_first] and len(seen) == len(times)
+    assert seen != sorted(seen, reverse=True)  # not the seq order: the times are mixed
 
 
 def test_empty_states_say_what_to_do(client, auth, world):
