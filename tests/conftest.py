@@ -79,9 +79,47 @@ def app_config() -> dict:
     return {}
 
 
+_APPS: dict[tuple, tuple] = {}  # config → (app, its config, extensions, rules, hooks)
+KEPT_APPS = 4
+
+
+def _hooks(app) -> tuple:
+    return tuple(len(v) for d in (app.before_request_funcs, app.after_request_funcs,
+                                  app.teardown_request_funcs) for v in d.values())
+
+
+def _app_for(config: dict):
+    """An app for `config`, built once per run when the config is plain values: building
+    one compiles every URL rule (~70 ms), which every test paid. A test gets it as new:
+    its config and extensions as built, no request seen yet; a test that added a route or
+    a hook makes the next one build its own."""
+    try:
+        key = tuple(sorted((k, v) for k, v in config.items()))
+        hash(key)
+    except TypeError:
+        key = None
+    if key is not None and key in _APPS:
+        app, settings, extensions, rules, hooks = _APPS[key] = _APPS.pop(key)  # newest
+        if len(app.url_map._rules) == rules and _hooks(app) == hooks:
+            app.config.clear()
+            app.config.update(settings)
+            app.extensions.clear()
+            app.extensions.update(extensions)
+            app._got_first_request = False
+            return app
+    app = create_app(config)
+    if key is not None:
+        _APPS.pop(key, None)
+        while len(_APPS) >= KEPT_APPS:  # one-off configs (a test's SMTP port) don't pile up
+            _APPS.pop(next(iter(_APPS)))
+        _APPS[key] = (app, dict(app.config), dict(app.extensions), len(app.url_map._rules),
+                      _hooks(app))
+    return app
+
+
 @pytest.fixture
 def app(_database, app_config):
-    app = create_app({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database, **app_config})
+    app = _app_for({**TEST_CONFIG, "SQLALCHEMY_DATABASE_URI": _database, **app_config})
     app.test_client_class = RequestPerContextClient
     with app.app_context():
         _empty_tables()
