@@ -20,8 +20,7 @@ the database and compares the lines byte for byte.
 """
 from __future__ import annotations
 
-import csv
-import io
+import re
 import json
 from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii
@@ -169,40 +168,46 @@ def csv_cells(row: ExportRow) -> tuple:
             neutralise(outcome), neutralise(details), digest or "")
 
 
-class _Neutralised(dict):
-    """Cell -> neutralise(cell), worked out on first use."""
+def csv_cell(cell: str) -> str:
+    """One text cell as Python's csv module writes it (QUOTE_MINIMAL, the default
+    dialect): quoted, with its quotes doubled, when it holds a comma, a quote or a line
+    break; as it is otherwise."""
+    if _CSV_SPECIAL.search(cell):
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+_CSV_SPECIAL = re.compile(r'[,"\r\n]')
+
+
+class _CsvCells(dict):
+    """Cell -> its CSV text, made formula-safe, worked out on first use."""
 
     def __missing__(self, cell: str) -> str:
-        safe = self[cell] = neutralise(cell)
+        safe = self[cell] = csv_cell(neutralise(cell))
         return safe
 
 
 class CsvWriter:
-    """CSV text a batch of records at a time (RFC 4180 quoting, CRLF line ends); the
-    cells that repeat from row to row (actor, action, client IP, outcome) are checked
-    for a formula start once each."""
+    """CSV text a batch of records at a time: the bytes Python's csv module writes for
+    csv_cells (RFC 4180 quoting, CRLF line ends), built as one string per row; the cells
+    that repeat from row to row (actor, action, client IP, outcome) are encoded once."""
 
     MEMO = 10_000
 
     def __init__(self) -> None:
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer)
-        self._memo = _Neutralised()
+        self._memo = _CsvCells()
 
     def rows(self, rows: Iterable[tuple] = (), *, header: bool = False) -> str:
-        if header:
-            self._writer.writerow(COLUMNS)
         memo = self._memo
         if len(memo) > self.MEMO:
             memo.clear()
-        self._writer.writerows([
-            (seq, at, memo[actor], memo[action],
-             _formula_safe(target),
-             "" if department is None else department, memo[client_ip], memo[outcome],
-             _formula_safe(_one_line(details)), digest or "")
+        text = "".join([
+            f"{int(seq)},{csv_cell(at)},{memo[actor]},{memo[action]},"
+            f"{csv_cell(_formula_safe(target))},"
+            f"{'' if department is None else int(department)},{memo[client_ip]},"
+            f"{memo[outcome]},{csv_cell(_formula_safe(_one_line(details)))},"
+            f"{digest or ''}\r\n"
             for seq, at, actor, action, target, department, client_ip, outcome, details,
             digest in rows])
-        text = self._buffer.getvalue()
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        return text
+        return (",".join(COLUMNS) + "\r\n" + text) if header else text
