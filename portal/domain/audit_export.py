@@ -180,6 +180,15 @@ def csv_cell(cell: str) -> str:
 _CSV_SPECIAL = re.compile(r'[,"\r\n]')
 
 
+def _details_cell(details: str | None) -> str:
+    """The details cell. JSON text holding a quote starts with "{", "[" or a quote, never
+    like a formula, and needs quoting: done at once; anything else the long way."""
+    text = _one_line(details)
+    if '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return csv_cell(_formula_safe(text))
+
+
 class _CsvCells(dict):
     """Cell -> its CSV text, made formula-safe, worked out on first use."""
 
@@ -203,11 +212,11 @@ class CsvWriter:
         if len(memo) > self.MEMO:
             memo.clear()
         text = "".join([
-            f"{int(seq)},{csv_cell(at)},{memo[actor]},{memo[action]},"
+            # occurred_at is the database's "YYYY-MM-DDTHH:MM:SS.ffffffZ": nothing to quote.
+            f"{int(seq)},{at},{memo[actor]},{memo[action]},"
             f"{csv_cell(_formula_safe(target))},"
             f"{'' if department is None else int(department)},{memo[client_ip]},"
-            f"{memo[outcome]},{csv_cell(_formula_safe(_one_line(details)))},"
-            f"{digest or ''}\r\n"
+            f"{memo[outcome]},{_details_cell(details)},{digest or ''}\r\n"
             for seq, at, actor, action, target, department, client_ip, outcome, details,
             digest in rows])
         return (",".join(COLUMNS) + "\r\n" + text) if header else text
