@@ -25,15 +25,14 @@ def escalation_due(*, mailed_at: datetime, escalate_after_seconds: int,
     return due if due < expires_at else None
 
 
-def escalation_targets(escalation_addresses: Iterable[str],
-                       already_asked: Iterable[str]) -> list[str]:
+def addresses_to_mail(addresses: Iterable[str], already_asked: Iterable[str]) -> list[str]:
     """The addresses to mail (the "Escalate to" ones, or the fallback's Recipient(s)):
     those not asked already and whose Allow did not count already (addresses among the
     request's recipients are not mailed twice), case-blind, first spelling kept, in
     order."""
     seen = {address.lower() for address in already_asked}
     targets = []
-    for address in escalation_addresses:
+    for address in addresses:
         if address and address.lower() not in seen:
             seen.add(address.lower())
             targets.append(address)

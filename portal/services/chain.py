@@ -96,7 +96,7 @@ def _fall_back(req: SessionRequest, *, now: datetime, base_url: str) -> None:
     if req.end_user_check == EndUserCheck.PENDING.value:
         req.end_user_check = EndUserCheck.TIMED_OUT.value
     req.email_check = EmailCheck.PENDING.value
-    targets = rules.escalation_targets(settings.recipients,
+    targets = rules.addresses_to_mail(settings.recipients,
                                        approval_rules.parse_approvers(req.approved_by))
     if targets:
         req.fallback_mailed_at = now
@@ -115,7 +115,7 @@ def _escalate(req: SessionRequest, asked: list[str], *, now: datetime,
     "Escalate to" as it reads now, but nobody asked already or whose Allow counted.
     Whether anyone was mailed."""
     settings = req.department.settings
-    targets = rules.escalation_targets(
+    targets = rules.addresses_to_mail(
         settings.escalation_addresses,
         [*asked, *approval_rules.parse_approvers(req.approved_by)])
     if not targets:
@@ -170,6 +170,3 @@ def next_due_query():
             .where(SessionRequest.chain_due_at.is_not(None))
             .order_by(SessionRequest.chain_due_at).limit(1).scalar_subquery())
 
-
-def next_due() -> datetime | None:
-    return db.session.scalar(select(next_due_query()))

@@ -355,7 +355,3 @@ def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
                     "details": {"request_id": row.id, "device": names[row.device_id]}}
                    for row in moved])
     return ids
-
-
-def next_deadline() -> datetime | None:
-    return transitions.next_deadline(SessionRequest)

@@ -282,10 +282,6 @@ def expire_overdue(now: datetime, limit: int | None = None) -> list[int]:
     return [row.id for row in moved]
 
 
-def next_deadline() -> datetime | None:
-    return transitions.next_deadline(OtpAccessRequest)
-
-
 def get_for_device(device: Device, request_id: int) -> OtpAccessRequest:
     ask = db.session.get(OtpAccessRequest, request_id)
     if ask is None or ask.device_id != device.id:

@@ -49,10 +49,6 @@ def next_deadline_query(model):
             .order_by(model.expires_at).limit(1).scalar_subquery())
 
 
-def next_deadline(model) -> datetime | None:
-    return db.session.scalar(select(next_deadline_query(model)))
-
-
 def end_once(model, *, device: Device, session_id: int, now: datetime, what: str,
              **values):
     """End a remote or client session of `device` once (setting `values` too): 404 for

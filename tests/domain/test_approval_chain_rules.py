@@ -118,7 +118,7 @@ def test_escalation_falls_due_after_the_emails_went_out(addresses, after, expire
 
 
 def test_escalation_mails_nobody_twice():
-    targets = chain.escalation_targets(
+    targets = chain.addresses_to_mail(
         ["On-Call@example.com", "r1@example.com", "on-call@example.com", "lead@example.com"],
         already_asked=["R1@example.com"])
     assert targets == ["On-Call@example.com", "lead@example.com"]
