@@ -9,12 +9,14 @@ from datetime import timedelta
 
 import pytest
 from factories import NOW, sealed_trail_check
-from sqlalchemy import text
+from sqlalchemy import func, insert, select, text
 
 from portal.clock import FixedClock
 from portal.extensions import db
+from portal.models import AuditEvent
 from portal.services import devices
 from portal.services.actors import CLI
+from portal.services.audit import _values as audit_values
 from web.session_logs_setup import DEVICE, OTHER_DEVICE, build_world, remote_session
 
 
@@ -185,3 +187,34 @@ def test_a_file_that_is_not_json_lines_gets_a_clear_message(runner, world, tmp_p
 def test_a_missing_file_is_a_usage_error(runner, world, tmp_path):
     result = verify(runner, tmp_path / "nowhere.jsonl")
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def _event_with_seq(seq: int, department_id: int, name: str) -> None:
+    """An event inserted with a seq of its own choosing: what a transaction that took its
+    seq before the export began, and committed after it, leaves behind."""
+    values = audit_values(actor=CLI, action="device_group.created", target_type="group",
+                          target_id=name, now=NOW, department_id=department_id,
+                          details={"name": name})
+    db.session.execute(insert(AuditEvent), [{**values, "seq": seq}])
+    db.session.commit()
+
+
+def test_an_event_committed_after_the_export_read_past_its_seq_is_not_a_deleted_line(
+        client, runner, world, tmp_path):
+    newest = db.session.scalar(select(func.max(AuditEvent.seq)))
+    _event_with_seq(newest + 10, world.qa.id, "Taken late")  # seqs newest+1…+9 not seen yet
+    sealed_trail_check()
+    data = exported(client, tmp_path, world.qa)
+    _event_with_seq(newest + 5, world.qa.id, "Committed late")  # below the export's newest
+    path = tmp_path / "export.jsonl"
+    for _ in range(2):  # not sealed yet, then sealed after the export's chain head
+        result = verify(runner, path)
+        assert result.exit_code == 0, result.output
+        assert ("1 event(s) the filter now finds were sealed after the export's chain head"
+                in result.output)
+        sealed_trail_check()
+    # an event sealed at or before the head is still a deleted line when it is left out
+    lines = lines_of(data)
+    index = next(i for i, raw in enumerate(lines) if b"Taken late" in raw)
+    path.write_bytes(b"".join(lines[:index] + lines[index + 1:]))
+    rejected(runner, path, f"event #{newest + 10} is missing")

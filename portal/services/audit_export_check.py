@@ -14,7 +14,10 @@ against the chain in the database.
 
 An event exported before it was sealed has a null hash; it is accepted only if it is still
 unsealed or was sealed after the export's chain head, and its fields are checked against
-the database (which the chain covers once it is sealed)."""
+the database (which the chain covers once it is sealed). The export is bound by its chain
+head: an event the filter now finds that the file lacks is a deleted line if it was sealed
+at or before that head, and otherwise one that committed after the export read past its
+seq (PostgreSQL hands out seqs before commit), which the summary counts."""
 from __future__ import annotations
 
 import hmac
@@ -45,12 +48,16 @@ class ExportCheck:
     events: int
     unsealed: int
     head_seq: int
+    committed_later: int = 0
 
     def summary(self) -> str:
         unsealed = (f"; {self.unsealed} of them exported before sealing, checked against "
                     "the database" if self.unsealed else "")
+        later = (f" {self.committed_later} event(s) the filter now finds were sealed after "
+                 "the export's chain head (committed after the export read past them)."
+                 if self.committed_later else "")
         return (f"Export intact: {self.events} event(s) match the audit trail{unsealed}, "
-                f"and its chain head (event #{self.head_seq}) is part of the chain.")
+                f"and its chain head (event #{self.head_seq}) is part of the chain.{later}")
 
 
 def _text_lines(lines: Lines) -> Iterator[tuple[int, str]]:
@@ -120,22 +127,34 @@ def _recorded_exports(seq: int, digest: str) -> list[AuditEvent]:
             and event.details.get("chain_head") == {"seq": seq, "hash": digest}]
 
 
-def _compare(lines: Lines, export: AuditEvent, head_index: int, head_line: int) -> int:
+def _compare(lines: Lines, export: AuditEvent, head_index: int, head_line: int
+             ) -> tuple[int, int]:
     """Pass 2: the file's events against the recorded export's filter run again; the
-    number exported unsealed."""
+    number exported unsealed, and the number the filter now finds that the file lacks but
+    that were sealed after its chain head (or not yet): on PostgreSQL a transaction can
+    commit an event with a lower seq after the export read past that seq, so the export
+    is bound by its chain head, and only an event sealed at or before the head must be
+    in it."""
     args = export.details.get("filter") or {}
     request_id = args.get(REQUEST_KEY)
     expected = exported_events(
         department_id=export.department_id, log_filter=audit_filter(args),
         request_id=int(request_id) if request_id else None,
         through_seq=int(export.details.get("through_seq", 0)))
-    unsealed = 0
+    unsealed = late = 0
+
+    def after_the_head(want) -> bool:
+        return want.chain_index is None or want.chain_index > head_index
+
     for number, text in _text_lines(lines):
         if number == head_line:
             break
         item = json.loads(text)
         seq = item["seq"]
         want = next(expected, None)
+        while want is not None and seq < want.row.seq and after_the_head(want):
+            late += 1  # committed after the export read past its seq
+            want = next(expected, None)
         if want is None or seq > want.row.seq:
             raise ExportRejected(f"line {number} (event #{seq}): the export's filter does "
                                  "not put it here (an added or moved line)")
@@ -154,11 +173,12 @@ def _compare(lines: Lines, export: AuditEvent, head_index: int, head_line: int) 
                                      f"event #{seq}'s sealed hash")
             raise ExportRejected(f"line {number} (event #{seq}): it differs from event "
                                  f"#{seq} in the audit trail (edited)")
-    left = next(expected, None)
-    if left is not None:
-        raise ExportRejected(f"event #{left.row.seq} is missing before the chain head "
-                             f"(line {head_line}): a deleted line")
-    return unsealed
+    for left in expected:
+        if not after_the_head(left):
+            raise ExportRejected(f"event #{left.row.seq} is missing before the chain head "
+                                 f"(line {head_line}): a deleted line")
+        late += 1
+    return unsealed, late
 
 
 def check_export(lines: Lines) -> ExportCheck:
@@ -177,9 +197,9 @@ def check_export(lines: Lines) -> ExportCheck:
     first_problem = None
     for export in exports:
         try:
-            unsealed = _compare(lines, export, head_index, head_line)
+            unsealed, late = _compare(lines, export, head_index, head_line)
         except ExportRejected as exc:
             first_problem = first_problem or exc
             continue
-        return ExportCheck(events, unsealed, seq)
+        return ExportCheck(events, unsealed, seq, late)
     raise first_problem
