@@ -132,6 +132,14 @@ APPROVED_BY_LABELS = {
 }
 
 
+def session_people(technician: str, run_as: str | None, decided_by: str | None
+                   ) -> list[str]:
+    """Whom the "Person" filter finds a remote session by: its technician, its "Run as"
+    and who approved it, lower-cased as the filter's value is, each once."""
+    people = (value.lower() for value in (technician, run_as, decided_by) if value)
+    return list(dict.fromkeys(people))
+
+
 def approved_by_label(decided_by: str | None) -> str:
     """"Approved by" on Sessions: the approver's email, "end user", "policy",
     "exclusion" or "pre-approval"."""

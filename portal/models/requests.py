@@ -13,7 +13,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
-    func,
     text,
     true,
 )
@@ -86,13 +85,6 @@ class SessionRequest(db.Model):
     department: Mapped[Department] = relationship()
     technician: Mapped[User] = relationship()
 
-
-# The Sessions page's "Person" filter on remote sessions (matched case-blind): the
-# requests a person ran as or approved, without reading every request of the department.
-Index("ix_session_requests_department_id_lower_run_as", SessionRequest.department_id,
-      func.lower(SessionRequest.run_as))
-Index("ix_session_requests_department_id_lower_decided_by", SessionRequest.department_id,
-      func.lower(SessionRequest.decided_by))
 
 
 class RequestApproval(db.Model):
@@ -199,6 +191,25 @@ class RemoteSession(db.Model):
 
     request: Mapped[SessionRequest] = relationship()
     device: Mapped[Device] = relationship()
+
+
+class RemoteSessionPerson(db.Model):
+    """The people a remote session is about, for the Sessions page's "Person" filter: its
+    technician's email, its "Run as" and who approved it, each lower-cased (Python's
+    lower(), as the filter's value is), written once when the session starts (none of
+    them changes after). The session's department and start are copied in, so the index
+    gives a person's sessions newest first, a page at a time, whatever their number."""
+    __tablename__ = "remote_session_people"
+    __table_args__ = (
+        Index("ix_remote_session_people_department_id_person_started_at",
+              "department_id", "person", "started_at", "remote_session_id"),
+    )
+
+    remote_session_id: Mapped[int] = mapped_column(
+        ForeignKey("remote_sessions.id", ondelete="CASCADE"), primary_key=True)
+    person: Mapped[str] = mapped_column(Text, primary_key=True)
+    department_id: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class PreApproval(db.Model):

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
 from portal.domain.requests import EndUserCheck, Status
 from portal.extensions import db
-from portal.models import Device, RemoteSession, SessionRequest
+from portal.domain.log_filters import session_people
+from portal.models import Device, RemoteSession, RemoteSessionPerson, SessionRequest
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.services import transitions
 from portal.services.actors import Actor
@@ -103,6 +104,10 @@ def start_remote_session(*, device: Device, request_id, actor: Actor,
             db.session.add(session)
     except IntegrityError:
         raise ConflictError("A session was already started for this request.") from None
+    db.session.execute(insert(RemoteSessionPerson), [
+        {"remote_session_id": session.id, "person": person,
+         "department_id": req.department_id, "started_at": now}
+        for person in session_people(req.technician.email, req.run_as, req.decided_by)])
     record_event(actor=actor, action="session.started", target_type="session_request",
                  target_id=req.id, department_id=req.department_id, now=now,
                  details={"request_id": req.id, "device": device.name,

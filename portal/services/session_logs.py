@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select, union
+from sqlalchemy import Select, and_, func, or_, select
 
 from portal.domain.errors import ForbiddenError, NotFoundError
 from portal.domain.log_filters import (
@@ -29,6 +29,7 @@ from portal.models import (
     Device,
     OneTimePassword,
     RemoteSession,
+    RemoteSessionPerson,
     SessionRequest,
     User,
 )
@@ -155,7 +156,10 @@ def _devices_named(name: str):
 
 def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: str | None,
                          limit: int, now: datetime) -> Page:
-    """Newest first; `before` is a page key (next_after of the page before)."""
+    """Newest first; `before` is a page key (next_after of the page before). Filtered by
+    a person, the list is read from that person's rows of remote_session_people, in the
+    order of their (department, person, started) index."""
+    started, row_id = RemoteSession.started_at, RemoteSession.id
     query = (
         select(RemoteSession.id, RemoteSession.request_id, RemoteSession.started_at,
                RemoteSession.ended_at, RemoteSession.ended_by,
@@ -165,13 +169,19 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
                SessionRequest.decided_by)
         .join(SessionRequest, SessionRequest.id == RemoteSession.request_id)
         .join(Device, Device.id == RemoteSession.device_id)
-        .join(User, User.id == SessionRequest.technician_id)
-        .where(SessionRequest.department_id == department_id,
-               *date_conditions(RemoteSession.started_at, log_filter),
-               *state_conditions(RemoteSession.ended_at, log_filter))
-        .order_by(RemoteSession.started_at.desc(), RemoteSession.id.desc()))
-    query = _narrowed(query, RemoteSession, department_id, log_filter, before,
-                      person=_remote_person)
+        .join(User, User.id == SessionRequest.technician_id))
+    if log_filter.person:
+        people = RemoteSessionPerson
+        query = query.join(people, and_(people.remote_session_id == RemoteSession.id,
+                                        people.department_id == department_id,
+                                        people.person == log_filter.person.lower()))
+        started, row_id = people.started_at, people.remote_session_id
+    query = (
+        query.where(SessionRequest.department_id == department_id,
+                    *date_conditions(started, log_filter),
+                    *state_conditions(RemoteSession.ended_at, log_filter))
+        .order_by(started.desc(), row_id.desc()))
+    query = _narrowed(query, RemoteSession, log_filter, before, key=(started, row_id))
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.started_at, row.id))
     return Page([RemoteSessionRow(
         id=row.id, request_id=row.request_id, device=row.device, technician=row.technician,
@@ -183,35 +193,22 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
         page.next_after)
 
 
-def _remote_person(department_id: int, person: str):
-    """Remote sessions whose technician, "Run as" or approver is `person` (lower case):
-    their requests found through the indexes on the technician and on (department_id,
-    lower(run_as) / lower(decided_by)), one part each (an OR would read every request of
-    the department on SQLite), so a person with no remote session reads none."""
-    requests = select(SessionRequest.id).where(SessionRequest.department_id == department_id)
-    return SessionRequest.id.in_(union(
-        requests.join(User, User.id == SessionRequest.technician_id)
-        .where(func.lower(User.email) == person),
-        requests.where(func.lower(SessionRequest.run_as) == person),
-        requests.where(func.lower(SessionRequest.decided_by) == person)))
-
-
-def _client_person(department_id: int, person: str):
+def _client_person(person: str):
     """Through the indexes on (department_id, lower(username) / lower(email), started_at)."""
     return or_(func.lower(ClientSession.username) == person,
                func.lower(ClientSession.email) == person)
 
 
-def _narrowed(query, model, department_id: int, log_filter: LogFilter, before: str | None,
-              *, person):
-    """A session list's query with the Device and Person filters and the page key applied
-    (the same for remote and client sessions: `model` has device_id, started_at and id;
-    `person(department_id, name)` gives the Person condition for a lower-cased name)."""
+def _narrowed(query, model, log_filter: LogFilter, before: str | None, *, key,
+              person=None):
+    """A session list's query with the Device filter, the page key on `key` (its
+    (started, id) columns) and, given `person(name)` (a condition for a lower-cased
+    name), the Person filter applied. `model` has device_id."""
     if log_filter.device:
         query = query.where(model.device_id.in_(_devices_named(log_filter.device)))
-    if log_filter.person:
-        query = query.where(person(department_id, log_filter.person.lower()))
-    after = before_key(model.started_at, model.id, before)
+    if person is not None and log_filter.person:
+        query = query.where(person(log_filter.person.lower()))
+    after = before_key(*key, before)
     return query if after is None else query.where(after)
 
 
@@ -227,8 +224,8 @@ def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: s
                *date_conditions(ClientSession.started_at, log_filter),
                *state_conditions(ClientSession.ended_at, log_filter))
         .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()))
-    query = _narrowed(query, ClientSession, department_id, log_filter, before,
-                      person=_client_person)
+    query = _narrowed(query, ClientSession, log_filter, before,
+                      key=(ClientSession.started_at, ClientSession.id), person=_client_person)
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.ClientSession.started_at,
                                                                 row.ClientSession.id))
     return Page([ClientSessionRow(

@@ -37,10 +37,10 @@ from sqlalchemy import func, insert, select, text
 
 from portal import create_app
 from portal.domain import audit as chain
-from portal.domain.log_filters import time_key
+from portal.domain.log_filters import session_people, time_key
 from portal.extensions import db
 from portal.models import (AuditEvent, AuditHead, ClientSession, RemoteSession,
-                           SessionRequest)
+                           RemoteSessionPerson, SessionRequest)
 from portal.services import accounts, audit, departments, devices
 from portal.services.actors import CLI
 
@@ -115,25 +115,30 @@ def seed(events: int, sessions: int) -> dict:
     started = time.perf_counter()
     remote = sessions // 2
     step = SPAN / max(1, remote)
-    request_rows, remote_rows = [], []
+    request_rows, remote_rows, people_rows = [], [], []
     for i in range(1, remote + 1):
         department_id, device_id = department_device()
         tech_id, tech_email = rng.choice(world["techs"])
         at = END - SPAN + step * i
         ended = at + timedelta(minutes=rng.randint(1, 120)) if i < remote - 50 else None
+        run_as = rng.choice((None, "Administrator"))
+        decided_by = rng.choice(("policy", "end_user", "approver@bench.example"))
         request_rows.append({
             "id": i, "device_id": device_id, "department_id": department_id,
-            "technician_id": tech_id, "run_as": rng.choice((None, "Administrator")),
+            "technician_id": tech_id, "run_as": run_as,
             "status": "approved", "created_at": at - timedelta(seconds=40),
             "expires_at": at, "decided_at": at - timedelta(seconds=20),
-            "decided_by": rng.choice(("policy", "end_user", "approver@bench.example")),
-            "end_user_check": "none", "email_check": "none"})
+            "decided_by": decided_by, "end_user_check": "none", "email_check": "none"})
         remote_rows.append({"id": i, "request_id": i, "device_id": device_id,
                             "started_at": at, "ended_at": ended})
+        people_rows += [{"remote_session_id": i, "person": person,
+                         "department_id": department_id, "started_at": at}
+                        for person in session_people(tech_email, run_as, decided_by)]
         if len(request_rows) == BATCH or i == remote:
             _insert(SessionRequest, request_rows)
             _insert(RemoteSession, remote_rows)
-            request_rows, remote_rows = [], []
+            _insert(RemoteSessionPerson, people_rows)
+            request_rows, remote_rows, people_rows = [], [], []
     client_rows = []
     client = sessions - remote
     step = SPAN / max(1, client)
