@@ -29,6 +29,9 @@ def finish(succeeded: bool) -> None:
     """Commit or roll back the current unit (honouring keep_changes)."""
     session = db.session
     keep = session.info.pop(_KEEP, False)
+    current = session()  # the request's Session (the scoped proxy lacks in_transaction)
+    if not (current.in_transaction() or current.new or current.dirty or current.deleted):
+        return  # nothing was read or written: no transaction to end
     if succeeded or keep:
         session.commit()
     else:

@@ -18,22 +18,14 @@ def _bearer() -> str:
     return token.strip()
 
 
-def _token(kind: str):
-    row = accounts.find_token(_bearer())
-    if row is None or (kind == "user" and row.user is None) or (
-            kind == "device" and row.device is None):
-        raise UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
-    return row
-
-
 def _authenticated(kind: str, view):
     @wraps(view)
     def wrapper(*args, **kwargs):
-        token = _token(kind)
-        if kind == "user":
-            g.api_user = token.user
-        else:
-            g.api_device = token.device
+        found = accounts.find_token_owner(_bearer(), kind)
+        if found is None:
+            raise UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
+        owner, token = found
+        setattr(g, f"api_{kind}", owner)
         response = view(*args, **kwargs)
         # After the view: a long-poll holds no write lock while it waits.
         accounts.note_token_used(token, request_now())

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import joinedload
 
 from portal.extensions import db
@@ -287,13 +287,15 @@ def create_device_token(*, device: Device, actor: Actor, now: datetime) -> str:
     return token
 
 
+# Built once (every API call runs it): the token's hash is the parameter.
+_LIVE_TOKEN = (select(ApiToken).where(ApiToken.token_hash == bindparam("token_hash"),
+                                      ApiToken.revoked_at.is_(None))
+               .options(joinedload(ApiToken.user), joinedload(ApiToken.device)))
+
+
 def find_token(token: str) -> ApiToken | None:
     """A live token (not revoked; owner enabled), or None — with its owner, in one query."""
-    row = db.session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == crypto.keyed_hash(token),
-                               ApiToken.revoked_at.is_(None))
-        .options(joinedload(ApiToken.user), joinedload(ApiToken.device))
-    )
+    row = db.session.scalar(_LIVE_TOKEN, {"token_hash": crypto.keyed_hash(token)})
     if row is None:
         return None
     if row.user is not None and not row.user.is_enabled:
@@ -301,10 +303,37 @@ def find_token(token: str) -> ApiToken | None:
     return row
 
 
+@dataclass(frozen=True)
+class TokenUse:
+    """What recording a token's use needs of it (note_token_used)."""
+    id: int
+    last_used_at: datetime | None
+
+
+def _live_owner(model, owner_id):
+    return (select(model, ApiToken.id, ApiToken.last_used_at)
+            .join(ApiToken, owner_id == model.id)
+            .where(ApiToken.token_hash == bindparam("token_hash"),
+                   ApiToken.revoked_at.is_(None)))
+
+
+_LIVE_OWNER = {"user": _live_owner(User, ApiToken.user_id).where(User.is_enabled),
+               "device": _live_owner(Device, ApiToken.device_id)}
+
+
+def find_token_owner(token: str, kind: str) -> tuple[User | Device, TokenUse] | None:
+    """The enabled user (kind "user") or the device (kind "device") a live token belongs
+    to, and the token's use; None for a token unknown, revoked or of the other kind. One
+    query loading one row: every API call starts with it."""
+    row = db.session.execute(_LIVE_OWNER[kind],
+                             {"token_hash": crypto.keyed_hash(token)}).first()
+    return None if row is None else (row[0], TokenUse(row.id, row.last_used_at))
+
+
 TOKEN_TOUCH_SECONDS = 60
 
 
-def note_token_used(token: ApiToken, now: datetime) -> None:
+def note_token_used(token: ApiToken | TokenUse, now: datetime) -> None:
     """Record when a token was last used, at most once a minute: one conditional UPDATE,
     and none at all while the last touch is recent (polling stays read-only)."""
     stale = now - timedelta(seconds=TOKEN_TOUCH_SECONDS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import joinedload
 
@@ -45,6 +45,17 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
     db.session.flush()
 
 
+# Built once: every agent polls this every second or two.
+_OPEN_PROMPTS = (select(SessionRequest)
+                 .where(SessionRequest.device_id == bindparam("device_id"),
+                        SessionRequest.status == Status.PENDING.value,
+                        SessionRequest.end_user_check == EndUserCheck.PENDING.value,
+                        SessionRequest.end_user_deadline > bindparam("now"),
+                        SessionRequest.expires_at > bindparam("now"))
+                 .options(joinedload(SessionRequest.technician))
+                 .order_by(SessionRequest.created_at, SessionRequest.id))
+
+
 def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[SessionRequest]:
     """This device's end-user prompts still open now; the first fetch of each is recorded
     as "prompt shown".
@@ -53,15 +64,7 @@ def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Session
     any audit event is written: a poll never holds one request's row while waiting for
     the audit trail and then reaches for another's (which a decision on that other
     request, holding its row and wanting the trail, would make a deadlock)."""
-    prompts = list(db.session.scalars(
-        select(SessionRequest)
-        .where(SessionRequest.device_id == device.id,
-               SessionRequest.status == Status.PENDING.value,
-               SessionRequest.end_user_check == EndUserCheck.PENDING.value,
-               SessionRequest.end_user_deadline > now,
-               SessionRequest.expires_at > now)
-        .options(joinedload(SessionRequest.technician))
-        .order_by(SessionRequest.created_at, SessionRequest.id)))
+    prompts = list(db.session.scalars(_OPEN_PROMPTS, {"device_id": device.id, "now": now}))
     unseen = [req.id for req in prompts if req.prompt_shown_at is None]
     if unseen:
         first = set(db.session.scalars(
