@@ -40,11 +40,12 @@ def request_object(req: SessionRequest, now: datetime) -> dict:
     }
 
 
-def prompt_object(req: SessionRequest, now: datetime) -> dict:
+def prompt_object(req, now: datetime) -> dict:
+    """An open prompt (a row of services.agents.open_prompts) as the agent reads it."""
     return {
         "id": req.id,
         "message": req.prompt_message,
-        "technician": req.technician.email,
+        "technician": req.technician,
         "run_as": req.run_as,
         "reason": req.reason,
         "expires_at": iso(req.end_user_deadline),

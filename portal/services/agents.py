@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
 
 from portal.domain.requests import EndUserCheck, Status
 from portal.extensions import db
 from portal.domain.log_filters import session_people
-from portal.models import Device, RemoteSession, RemoteSessionPerson, SessionRequest
+from portal.models import Device, RemoteSession, RemoteSessionPerson, SessionRequest, User
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.services import transitions
 from portal.services.actors import Actor
@@ -45,18 +44,22 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
     db.session.flush()
 
 
-# Built once: every agent polls this every second or two.
-_OPEN_PROMPTS = (select(SessionRequest)
+# Built once, as plain rows: every agent polls this every second or two.
+_OPEN_PROMPTS = (select(SessionRequest.id, SessionRequest.department_id,
+                        SessionRequest.prompt_shown_at, SessionRequest.prompt_message,
+                        SessionRequest.run_as, SessionRequest.reason,
+                        SessionRequest.end_user_deadline, SessionRequest.match_choices,
+                        User.email.label("technician"))
+                 .join(User, User.id == SessionRequest.technician_id)
                  .where(SessionRequest.device_id == bindparam("device_id"),
                         SessionRequest.status == Status.PENDING.value,
                         SessionRequest.end_user_check == EndUserCheck.PENDING.value,
                         SessionRequest.end_user_deadline > bindparam("now"),
                         SessionRequest.expires_at > bindparam("now"))
-                 .options(joinedload(SessionRequest.technician))
                  .order_by(SessionRequest.created_at, SessionRequest.id))
 
 
-def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[SessionRequest]:
+def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Row]:
     """This device's end-user prompts still open now; the first fetch of each is recorded
     as "prompt shown".
 
@@ -64,7 +67,7 @@ def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Session
     any audit event is written: a poll never holds one request's row while waiting for
     the audit trail and then reaches for another's (which a decision on that other
     request, holding its row and wanting the trail, would make a deadlock)."""
-    prompts = list(db.session.scalars(_OPEN_PROMPTS, {"device_id": device.id, "now": now}))
+    prompts = db.session.execute(_OPEN_PROMPTS, {"device_id": device.id, "now": now}).all()
     unseen = [req.id for req in prompts if req.prompt_shown_at is None]
     if unseen:
         first = set(db.session.scalars(
