@@ -173,6 +173,7 @@ def main(argv=None) -> int:
         uri = args.database_uri or "sqlite:///" + str(Path(tmp) / "bench.sqlite3")
         app = create_app({"SECRET_KEY": secrets.token_urlsafe(48),
                           "TOKEN_HASH_KEY": secrets.token_urlsafe(48),
+                          "AUDIT_KEY": secrets.token_urlsafe(48),
                           "SQLALCHEMY_DATABASE_URI": uri, "BASE_URL": BASE_URL,
                           "ARGON2_TIME_COST": 1, "ARGON2_MEMORY_COST_KIB": 8,
                           "ARGON2_PARALLELISM": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from flask import abort
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from portal.domain.errors import ConflictError, InvalidInputError
 from portal.extensions import db
@@ -77,3 +77,30 @@ def test_keep_changes_lasts_for_one_request_only(routes, client):
     client.get("/_uow/keeps_then_fails")
     assert client.get("/_uow/raises_service_error").status_code == 409
     assert stored_names() == ["Kept although it failed"]
+
+
+def test_an_unflushed_object_is_committed_and_a_request_that_read_nothing_ends_none(
+        app, client):
+    """finish() skips the commit only for a unit with no transaction and nothing pending:
+    an object added but not flushed is still committed; and a view that reads nothing
+    costs no database transaction (no hook reads on every request)."""
+    def adds_only():
+        db.session.add(Department(name="Added, never flushed",
+                                  created_at=app.extensions["clock"]()))
+        return "ok"
+
+    app.add_url_rule("/_uow/adds_only", "adds_only", adds_only)
+    app.add_url_rule("/_uow/reads_nothing", "reads_nothing", lambda: "ok")
+    began = []
+    listen = [(db.engine, "begin", lambda conn: began.append(conn))]
+    for target, name, fn in listen:
+        event.listen(target, name, fn)
+    try:
+        assert client.get("/_uow/reads_nothing").status_code == 200
+        assert began == []
+        assert client.get("/_uow/adds_only").status_code == 200
+        assert len(began) == 1
+    finally:
+        for target, name, fn in listen:
+            event.remove(target, name, fn)
+    assert stored_names() == ["Added, never flushed"]
