@@ -287,15 +287,14 @@ def create_device_token(*, device: Device, actor: Actor, now: datetime) -> str:
     return token
 
 
-# Built once (every API call runs it): the token's hash is the parameter.
-_LIVE_TOKEN = (select(ApiToken).where(ApiToken.token_hash == bindparam("token_hash"),
-                                      ApiToken.revoked_at.is_(None))
-               .options(joinedload(ApiToken.user), joinedload(ApiToken.device)))
-
-
 def find_token(token: str) -> ApiToken | None:
-    """A live token (not revoked; owner enabled), or None — with its owner, in one query."""
-    row = db.session.scalar(_LIVE_TOKEN, {"token_hash": crypto.keyed_hash(token)})
+    """A live token (not revoked; owner enabled), or None — with its owner, in one query.
+    (An API call asks find_token_owner, which loads less.)"""
+    row = db.session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == crypto.keyed_hash(token),
+                               ApiToken.revoked_at.is_(None))
+        .options(joinedload(ApiToken.user), joinedload(ApiToken.device))
+    )
     if row is None:
         return None
     if row.user is not None and not row.user.is_enabled:
