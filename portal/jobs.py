@@ -9,6 +9,7 @@ decision path too, so a late or stopped scheduler never lets a late decision thr
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -250,6 +251,47 @@ def _wake_delivery_on_new_mail(app: Flask, scheduler) -> None:
     scheduler.add_listener(on_event, EVENT_SCHEDULER_STARTED | EVENT_SCHEDULER_SHUTDOWN)
 
 
+def _bring_expiry_forward(scheduler) -> None:
+    """Once an expiry run is over, move the next run to the deadline it returned, if that
+    is earlier. The listener runs in the executor's thread, and APScheduler's shutdown
+    holds the job stores' lock while it waits for that thread: a listener that reached
+    for the lock (get_job, modify_job) would wait for the shutdown that waits for it. So
+    the listener only hands the time over, and a thread of its own moves the job."""
+    deadlines: queue.SimpleQueue = queue.SimpleQueue()
+    running: dict = {}
+
+    def on_executed(event) -> None:
+        if event.job_id == EXPIRY_JOB and event.retval is not None:
+            deadlines.put(event.retval)
+
+    def move(stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                deadline = deadlines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                job = scheduler.get_job(EXPIRY_JOB)
+                if job is not None and job.next_run_time and deadline < job.next_run_time:
+                    scheduler.modify_job(EXPIRY_JOB, next_run_time=deadline)
+            except JobLookupError:  # shutting down
+                pass
+
+    def on_lifecycle(event) -> None:
+        if event.code == EVENT_SCHEDULER_STARTED:
+            stop = threading.Event()
+            thread = threading.Thread(target=move, args=(stop,), name="expiry wake-up",
+                                      daemon=True)
+            running.update(stop=stop, thread=thread)
+            thread.start()
+        elif running:
+            running.pop("stop").set()
+            running.pop("thread")  # not joined: it may be waiting for the lock we hold
+
+    scheduler.add_listener(on_executed, EVENT_JOB_EXECUTED)
+    scheduler.add_listener(on_lifecycle, EVENT_SCHEDULER_STARTED | EVENT_SCHEDULER_SHUTDOWN)
+
+
 def build_scheduler(app: Flask, *, blocking: bool = False):
     """A scheduler with both jobs; a start-up sweep runs at once (catching whatever
     expired while nothing was running), then the periodic ones. The expiry job runs at
@@ -267,19 +309,7 @@ def build_scheduler(app: Flask, *, blocking: bool = False):
     scheduler.add_job(deliver_mail, "interval", args=[app], id="deliver_mail",
                       seconds=OUTBOX_INTERVAL_SECONDS, next_run_time=now)
 
-    def bring_forward(event) -> None:
-        # Called once the run is over (APScheduler counts it finished first), so the
-        # earlier run is never skipped as a second instance.
-        if event.job_id != EXPIRY_JOB or event.retval is None:
-            return
-        job = scheduler.get_job(EXPIRY_JOB)
-        if job is not None and job.next_run_time and event.retval < job.next_run_time:
-            try:
-                scheduler.modify_job(EXPIRY_JOB, next_run_time=event.retval)
-            except JobLookupError:  # shutting down
-                pass
-
-    scheduler.add_listener(bring_forward, EVENT_JOB_EXECUTED)
+    _bring_expiry_forward(scheduler)
     _wake_delivery_on_new_mail(app, scheduler)
     return scheduler
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from factories import NOW, PASSWORD, sealed_trail_check
@@ -290,3 +290,27 @@ def test_concurrent_batched_sweeps_time_each_request_out_once(app, qa, monkeypat
     assert sorted(i for found in swept for i in found) == sorted(overdue)
     assert [timed_out_events(i) for i in overdue] == [1] * 40
     assert sealed_trail_check()[1] is None
+
+
+def test_a_shutdown_while_an_expiry_run_ends_does_not_hang(app, monkeypatch):
+    """APScheduler's shutdown holds its job stores' lock while it waits for running jobs;
+    the expiry run's "bring the next run forward" must not reach for that lock from the
+    run's own thread (it did, and a shutdown at the wrong moment waited forever)."""
+    started, release = threading.Event(), threading.Event()
+
+    def a_slow_expiry_run(app):
+        started.set()
+        release.wait(5)
+        return datetime.now(timezone.utc) + timedelta(seconds=0.1)  # bring it forward
+
+    monkeypatch.setattr(jobs, "_sweep", a_slow_expiry_run)
+    scheduler = jobs.build_scheduler(app)
+    scheduler.start()
+    assert started.wait(5)
+    stopping = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True},
+                                daemon=True)
+    stopping.start()
+    time.sleep(0.3)  # the shutdown now holds the lock and waits for the run
+    release.set()
+    stopping.join(10)
+    assert not stopping.is_alive(), "the scheduler's shutdown hung"
