@@ -258,7 +258,7 @@ def _bring_expiry_forward(scheduler) -> None:
     for the lock (get_job, modify_job) would wait for the shutdown that waits for it. So
     the listener only hands the time over, and a thread of its own moves the job."""
     deadlines: queue.SimpleQueue = queue.SimpleQueue()
-    running: dict = {}
+    stops: list[threading.Event] = []
 
     def on_executed(event) -> None:
         if event.job_id == EXPIRY_JOB and event.retval is not None:
@@ -279,14 +279,11 @@ def _bring_expiry_forward(scheduler) -> None:
 
     def on_lifecycle(event) -> None:
         if event.code == EVENT_SCHEDULER_STARTED:
-            stop = threading.Event()
-            thread = threading.Thread(target=move, args=(stop,), name="expiry wake-up",
-                                      daemon=True)
-            running.update(stop=stop, thread=thread)
-            thread.start()
-        elif running:
-            running.pop("stop").set()
-            running.pop("thread")  # not joined: it may be waiting for the lock we hold
+            stops.append(threading.Event())
+            threading.Thread(target=move, args=(stops[-1],), name="expiry wake-up",
+                             daemon=True).start()
+        elif stops:  # the thread is not joined: it may be waiting for the lock
+            stops.pop().set()
 
     scheduler.add_listener(on_executed, EVENT_JOB_EXECUTED)
     scheduler.add_listener(on_lifecycle, EVENT_SCHEDULER_STARTED | EVENT_SCHEDULER_SHUTDOWN)

@@ -174,7 +174,7 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         req.chain_due_at = plan.fallback_due_at
     db.session.add(req)
     db.session.flush()  # its id, which the links, the emails and the audit events carry
-    # The links and their emails first, then every audit event (one INSERT at the flush).
+    # The links and their emails first, then every audit event (one INSERT).
     asked = ask_approvers(req, settings.recipients, settings=settings, now=now,
                           base_url=base_url) if plan.email is EmailCheck.PENDING else []
     events = [request_event(req, "request.created", actor, now, technician=technician.email,

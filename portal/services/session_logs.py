@@ -193,21 +193,11 @@ def list_remote_sessions(*, department_id: int, log_filter: LogFilter, before: s
         page.next_after)
 
 
-def _client_person(person: str):
-    """Through the indexes on (department_id, lower(username) / lower(email), started_at)."""
-    return or_(func.lower(ClientSession.username) == person,
-               func.lower(ClientSession.email) == person)
-
-
-def _narrowed(query, model, log_filter: LogFilter, before: str | None, *, key,
-              person=None):
-    """A session list's query with the Device filter, the page key on `key` (its
-    (started, id) columns) and, given `person(name)` (a condition for a lower-cased
-    name), the Person filter applied. `model` has device_id."""
+def _narrowed(query, model, log_filter: LogFilter, before: str | None, *, key):
+    """A session list's query with the Device filter and the page key on `key` (its
+    (started, id) columns) applied; `model` has device_id."""
     if log_filter.device:
         query = query.where(model.device_id.in_(_devices_named(log_filter.device)))
-    if person is not None and log_filter.person:
-        query = query.where(person(log_filter.person.lower()))
     after = before_key(*key, before)
     return query if after is None else query.where(after)
 
@@ -224,8 +214,12 @@ def list_client_sessions(*, department_id: int, log_filter: LogFilter, before: s
                *date_conditions(ClientSession.started_at, log_filter),
                *state_conditions(ClientSession.ended_at, log_filter))
         .order_by(ClientSession.started_at.desc(), ClientSession.id.desc()))
+    if log_filter.person:  # through the (department_id, lower(…), started_at) indexes
+        person = log_filter.person.lower()
+        query = query.where(or_(func.lower(ClientSession.username) == person,
+                                func.lower(ClientSession.email) == person))
     query = _narrowed(query, ClientSession, log_filter, before,
-                      key=(ClientSession.started_at, ClientSession.id), person=_client_person)
+                      key=(ClientSession.started_at, ClientSession.id))
     page = _page_of_rows(query, limit, key=lambda row: time_key(row.ClientSession.started_at,
                                                                 row.ClientSession.id))
     return Page([ClientSessionRow(
