@@ -151,6 +151,26 @@ def test_the_wire_message_encodes_names_and_never_carries_a_second_header(app, s
     assert email.get_body(preferencelist=("html",)).get_content() == "<p>Zürich</p>"
 
 
+@pytest.mark.parametrize("body_text", [
+    "Check Request: http://portal.test/approvals/x\n.a line that starts with a dot\n",
+    "Zürich — naïve café\r\nsecond line\n",
+    "x" * 2000 + "\n",  # longer than a line may be: base64
+])
+def test_each_part_arrives_as_written(app, body_text):
+    data = delivery.mime_bytes(sender="gate@portal.test", recipient="approver@example.com",
+                               subject="Remote session request for PC-1", body_text=body_text,
+                               body_html="<p>Grüße</p>", now=NOW)
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    email = message_from_bytes(data, policy=policy.default)
+    expected = body_text.replace("\r\n", "\n")
+    plain = email.get_body(preferencelist=("plain",)).get_content()
+    assert plain.replace("\r\n", "\n") == expected  # CRLF on the wire, as RFC 2045 has it
+    assert email.get_body(preferencelist=("html",)).get_content().rstrip("\n") == \
+        "<p>Grüße</p>"
+    boundary = email.get_boundary()
+    assert len(boundary) >= 32 and len(email.get_payload()) == 2
+
+
 # --- the whole flow ---------------------------------------------------------------------
 
 
