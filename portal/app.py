@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from portal.config import DefaultConfig
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
 from portal.json_input import JSONProvider
 from portal.notifier import init_notifier
+from portal.sqlite_writes import QueuedWriterConnection, is_write
 from portal.unit_of_work import init_unit_of_work
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +60,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["SQLALCHEMY_DATABASE_URI"] = (
             "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite3")
         )
+    _queue_sqlite_writers(app)
     app.wsgi_app = ValidRemoteAddr(app.wsgi_app)  # type: ignore[method-assign]
     if app.config.get("PROXY_FIX_X_FOR"):  # outside it: ProxyFix sets what it checks
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=int(app.config["PROXY_FIX_X_FOR"]),
@@ -115,10 +118,27 @@ def _configure_key(app: Flask, name: str, key_file: Path) -> None:
     )
 
 
+def _queue_sqlite_writers(app: Flask) -> None:
+    """A SQLite database's writers wait their turn in a queue (portal.sqlite_writes)."""
+    if str(app.config["SQLALCHEMY_DATABASE_URI"]).startswith("sqlite"):
+        options = dict(app.config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        options["connect_args"] = {"factory": QueuedWriterConnection,
+                                   **options.get("connect_args", {})}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
+
+
+@event.listens_for(Engine, "before_cursor_execute")
+def _sqlite_write_turn(conn, cursor, statement, parameters, context, executemany) -> None:
+    driver = cursor.connection
+    if isinstance(driver, QueuedWriterConnection) and is_write(statement):
+        driver.take_turn()
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
-    module = type(dbapi_connection).__module__
-    if module.startswith("sqlite3"):
+    if isinstance(dbapi_connection, QueuedWriterConnection):
+        dbapi_connection.join_queue()
+    if isinstance(dbapi_connection, sqlite3.Connection):
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
@@ -136,7 +156,9 @@ def _sqlite_savepoint_inside_a_transaction(conn, name) -> None:
     transaction became it: releasing it committed, and a later rollback kept its rows.
     Begin the transaction first, as the driver would for an INSERT."""
     driver = conn.connection.driver_connection
-    if type(driver).__module__.startswith("sqlite3") and not driver.in_transaction:
+    if isinstance(driver, sqlite3.Connection) and not driver.in_transaction:
+        if isinstance(driver, QueuedWriterConnection):
+            driver.take_turn()
         driver.execute("BEGIN")
 
 

@@ -1,0 +1,117 @@
+"""SQLite writers wait their turn (portal.sqlite_writes): a transaction that has written
+holds an exclusive flock on `<database>-writer` until it commits or rolls back, so other
+processes' and threads' writers wait on it — woken when it ends — instead of sleeping in
+SQLite's busy handler. Reads never queue."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from portal import create_app
+from portal.extensions import db
+
+TRY_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+@pytest.fixture
+def sqlite_app(tmp_path):
+    app = create_app({"TESTING": True, "SECRET_KEY": "k" * 40, "TOKEN_HASH_KEY": "t" * 40,
+                      "AUDIT_KEY": "a" * 40,
+                      "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'queue.sqlite3'}"})
+    with app.app_context():
+        with db.engine.begin() as connection:
+            connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+        yield app
+        db.engine.dispose()
+
+
+def another_process_sees(lock_file: Path) -> str:
+    return subprocess.run([sys.executable, "-c", TRY_LOCK, str(lock_file)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_writing_transaction_holds_the_turn_until_it_ends(sqlite_app, tmp_path):
+    lock_file = tmp_path / "queue.sqlite3-writer"
+    with db.engine.connect() as connection:
+        connection.execute(text("SELECT count(*) FROM notes")).scalar()
+        assert not lock_file.exists() or another_process_sees(lock_file) == "free"  # reads
+        connection.execute(text("INSERT INTO notes (body) VALUES ('one')"))
+        assert another_process_sees(lock_file) == "held"
+        connection.commit()
+        assert another_process_sees(lock_file) == "free"
+        connection.execute(text("UPDATE notes SET body = 'two'"))
+        assert another_process_sees(lock_file) == "held"
+        connection.rollback()
+        assert another_process_sees(lock_file) == "free"
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT body FROM notes")).scalars().all() == ["one"]
+
+
+def test_a_second_writer_waits_for_the_first_and_then_writes(sqlite_app):
+    app = sqlite_app
+    first_wrote, let_first_commit = threading.Event(), threading.Event()
+    second_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def first():
+        with app.app_context(), db.engine.connect() as connection:
+            connection.execute(text("INSERT INTO notes (body) VALUES ('first')"))
+            first_wrote.set()
+            let_first_commit.wait(10)
+            connection.commit()
+
+    def second():
+        first_wrote.wait(10)
+        try:
+            with app.app_context(), db.engine.connect() as connection:
+                connection.execute(text("INSERT INTO notes (body) VALUES ('second')"))
+                connection.commit()
+        except BaseException as exc:  # noqa: BLE001 — reported below
+            errors.append(exc)
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    assert first_wrote.wait(10)
+    assert not second_done.wait(0.5)  # waiting its turn while the first is open
+    let_first_commit.set()
+    assert second_done.wait(10)
+    for thread in threads:
+        thread.join(10)
+    assert errors == []
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT body FROM notes ORDER BY id")
+                                  ).scalars().all() == ["first", "second"]
+
+
+def test_an_in_memory_database_does_not_queue():
+    app = create_app({"TESTING": True, "SECRET_KEY": "k" * 40, "TOKEN_HASH_KEY": "t" * 40,
+                      "AUDIT_KEY": "a" * 40, "SQLALCHEMY_DATABASE_URI": "sqlite://"})
+    with app.app_context(), db.engine.connect() as connection:
+        connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO notes DEFAULT VALUES"))
+        assert connection.connection.driver_connection._turn is None  # mid-write
+        connection.commit()
+
+
+def test_a_file_database_writer_has_its_turn_mid_write(sqlite_app):
+    with db.engine.connect() as connection:
+        connection.execute(text("INSERT INTO notes (body) VALUES ('x')"))
+        assert connection.connection.driver_connection._turn is not None
+        connection.commit()
+        assert connection.connection.driver_connection._turn is None
