@@ -10,10 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import exc, text
 
 from portal import create_app
+from portal import sqlite_writes
 from portal.extensions import db
+from portal.sqlite_writes import is_write
 
 TRY_LOCK = """
 import fcntl, os, sys
@@ -115,3 +117,75 @@ def test_a_file_database_writer_has_its_turn_mid_write(sqlite_app):
         assert connection.connection.driver_connection._turn is not None
         connection.commit()
         assert connection.connection.driver_connection._turn is None
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_writer_waits_for_another_process_and_writes_once_it_is_done(sqlite_app,
+                                                                         tmp_path):
+    app = sqlite_app
+    done, errors = threading.Event(), []
+
+    def write():
+        try:
+            with app.app_context(), db.engine.connect() as connection:
+                connection.execute(text("INSERT INTO notes (body) VALUES ('after')"))
+                connection.commit()
+        except BaseException as exc:  # noqa: BLE001 — reported below
+            errors.append(exc)
+        done.set()
+
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
+                           str(tmp_path / "queue.sqlite3-writer")],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout.readline().strip() == "holding"  # another process's turn
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not done.wait(0.5)  # waiting for it
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+    assert done.wait(10)  # woken when the other process let go
+    writer.join(10)
+    assert errors == []
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT body FROM notes")).scalars().all() == ["after"]
+
+
+def test_a_turn_not_had_in_time_is_database_is_locked(sqlite_app, tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_writes, "WAIT_SECONDS", 0.3)
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK,
+                           str(tmp_path / "queue.sqlite3-writer")],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout.readline().strip() == "holding"  # a writer left open
+        with db.engine.connect() as connection:
+            with pytest.raises(exc.OperationalError, match="database is locked"):
+                connection.execute(text("INSERT INTO notes (body) VALUES ('late')"))
+            connection.rollback()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(10)
+    with db.engine.connect() as connection:  # nothing left behind: the next write goes
+        connection.execute(text("INSERT INTO notes (body) VALUES ('now')"))
+        connection.commit()
+        assert connection.execute(text("SELECT body FROM notes")).scalars().all() == ["now"]
+
+
+@pytest.mark.parametrize("statement, writes", [
+    ("INSERT INTO notes VALUES (1)", True),
+    ("  update notes SET body = 1", True),
+    ("/* a comment */ DELETE FROM notes", True),
+    ("-- a comment\n  /* and another */ REPLACE INTO notes VALUES (1)", True),
+    ("SELECT 1", False),
+    ("WITH x AS (SELECT 1) INSERT INTO notes SELECT * FROM x", False),  # sqlite3: autocommit
+    ("/* never closed", False),
+])
+def test_writes_are_told_as_sqlite3_tells_them(statement, writes):
+    assert is_write(statement) is writes
