@@ -16,6 +16,7 @@ from werkzeug.routing import IntegerConverter
 from portal.client_address import ValidRemoteAddr
 from portal.clock import init_clock
 from portal.config import DefaultConfig
+from portal.connection_checks import init_connection_checks
 from portal.extensions import csrf, db, htmx, login_manager, mail, migrate
 from portal.json_input import JSONProvider
 from portal.notifier import init_notifier
@@ -167,6 +168,7 @@ def register_extensions(app: Flask) -> None:
 
     init_clock(app)
     db.init_app(app)
+    init_connection_checks(app)
     # First registered, so it runs after every other after_request hook: the commit (or
     # rollback) closes the request's unit of work once everything else has written.
     init_unit_of_work(app)

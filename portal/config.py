@@ -5,7 +5,9 @@ class DefaultConfig:
     SECRET_KEY: str | None = None  # sessions and CSRF
     TOKEN_HASH_KEY: str | None = None  # keyed hashes of tokens, sign-in sessions and links
     SQLALCHEMY_DATABASE_URI: str | None = None  # None: SQLite file in the instance folder
-    SQLALCHEMY_ENGINE_OPTIONS: dict = {"pool_pre_ping": True}
+    SQLALCHEMY_ENGINE_OPTIONS: dict = {}
+    # A pooled connection idle this long is pinged before use (portal.connection_checks).
+    DB_PING_AFTER_IDLE_SECONDS = 1.0
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     SESSION_COOKIE_SECURE = False
