@@ -243,16 +243,17 @@ def mail(app, info, port: int, env: dict, seconds: float, smtp: SmtpServer,
          processes: list) -> dict:
     arrivals: dict[str, datetime] = {}
     handler = smtp.handler
-    original = handler.handle_DATA
 
     async def timed(server, session, envelope):
+        # Only the arrival is recorded: parsing every message (as the tests' handler does)
+        # cost this process more CPU than the scheduler's whole delivery, on the same two
+        # cores — a harness cost, not the portal's.
         stamp = utcnow()
         found = re.search(rb"bench [0-9]+-[0-9]+", envelope.content)
-        answer = await original(server, session, envelope)
         if found:
             key = found.group().decode() + "|" + envelope.rcpt_tos[0]
             arrivals[key] = stamp
-        return answer
+        return "250 Message accepted for delivery"
 
     handler.handle_DATA = timed
     processes.append(subprocess.Popen([str(BIN / "flask"), "--app", "portal", "scheduler"],
