@@ -140,24 +140,20 @@ def load_claimed(message_ids: list[int], now: datetime) -> list[Outgoing]:
 
 
 _outbox = OutboxMessage.__table__
-# Each outcome's UPDATE, built once (building one cost about as much as running it).
-_OUTCOME_COLUMNS = {
-    "sent": ("status", "sent_at", "attempts", "last_error", "body_text", "body_html"),
-    "cancelled": ("status", "body_text", "body_html"),
-    "failed": ("status", "attempts", "last_error", "body_text", "body_html"),
-    "pending": ("status", "attempts", "last_error", "next_attempt_at"),
-}
-_OUTCOMES = {
-    status: _outbox.update().where(_outbox.c.id == bindparam("message_id"))
-    .values({column: bindparam(f"new_{column}") for column in columns})
-    for status, columns in _OUTCOME_COLUMNS.items()}
+
+
+@lru_cache(maxsize=None)
+def _outcome_update(columns: tuple[str, ...]):
+    """The UPDATE that records an outcome setting `columns`, built once per set of
+    columns (building one cost about as much as running it)."""
+    return (_outbox.update().where(_outbox.c.id == bindparam("message_id"))
+            .values({column: bindparam(f"new_{column}") for column in columns}))
 
 
 def _record(message: Outgoing, **values) -> None:
-    statement = _OUTCOMES[values["status"]]
-    db.session.execute(statement, {"message_id": message.id,
-                                   **{f"new_{column}": value
-                                      for column, value in values.items()}})
+    db.session.execute(_outcome_update(tuple(values)),
+                       {"message_id": message.id,
+                        **{f"new_{column}": value for column, value in values.items()}})
 
 
 def _redacted(message: Outgoing) -> dict:
