@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.events import (EVENT_JOB_EXECUTED, EVENT_SCHEDULER_SHUTDOWN,
@@ -176,10 +177,12 @@ def seal_audit(app: Flask) -> int:
 
 
 def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.DeliveryReport:
-    """Send what is due over one SMTP connection, committing the claim first and then each
-    outcome as it happens (a job boundary): a crash never loses a recorded delivery, and a
-    message is sent at most once per claim. Needs an app context."""
-    report = delivery.DeliveryReport()
+    """Send what is due over one SMTP connection, committing the claim first and then the
+    outcomes at least every delivery.OUTCOME_SECONDS and at the end (a job boundary): a
+    message is sent at most once per claim, and a crash loses at most the outcomes of
+    that last moment (those messages are sent again when their claim lapses). Needs an
+    app context."""
+    report, outcomes = delivery.DeliveryReport(), delivery.Outcomes()
     claimed = delivery.claim_due(now, limit)
     db.session.commit()  # the claim is visible before the slow part
     if not claimed:
@@ -187,16 +190,26 @@ def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.Deliver
     try:
         connection = delivery.connect()
     except Exception as exc:  # SMTP down: everything claimed is retried later
-        delivery.defer_all(claimed, exc, now, report)
-        db.session.commit()
+        delivery.defer_all(claimed, exc, now, report, outcomes)
+        _write_outcomes(outcomes)
         return report
     try:
+        written_at = time.monotonic()
         for item in delivery.load_claimed(claimed, now):
-            delivery.deliver_one(item, connection, now, report)
-            db.session.commit()
+            delivery.deliver_one(item, connection, now, report, outcomes)
+            if time.monotonic() - written_at >= delivery.OUTCOME_SECONDS:
+                _write_outcomes(outcomes)
+                written_at = time.monotonic()
     finally:
         delivery.disconnect(connection)
+        _write_outcomes(outcomes)
     return report
+
+
+def _write_outcomes(outcomes: delivery.Outcomes) -> None:
+    if len(outcomes):
+        outcomes.write()
+        db.session.commit()
 
 
 _delivering = threading.Lock()  # the sweep and the wake-up take turns in a process

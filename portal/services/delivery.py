@@ -1,12 +1,14 @@
 """Outbox delivery: claim what is due, send it over one SMTP connection per batch, record
 each outcome. Retries back off on temporary failures (RFC 5321 §4.5.4.1), permanent ones
 fail at once, and mail whose request is over is cancelled, never sent. The job in
-portal.jobs is the boundary: it commits the claim, then each outcome as it happens.
+portal.jobs is the boundary: it commits the claim, then the outcomes (see Outcomes).
 
 Per batch: a SELECT and an UPDATE … RETURNING claim it, one query loads the messages with
-the state of what they are about; per message: the MIME bytes (mime_bytes), one SMTP
-transaction, and its outcome — one UPDATE and one audit insert, both Core statements
-built once — committed at once."""
+the state of what they are about; per message: the MIME bytes (mime_bytes) and one SMTP
+transaction. Outcomes are kept in an Outcomes buffer and written together — one
+executemany UPDATE per kind of outcome and one audit INSERT, Core statements built once —
+at least every OUTCOME_SECONDS, so a batch takes a writer's turn a few times rather than
+once per message (on SQLite every commit waits for the one write lock)."""
 from __future__ import annotations
 
 import base64
@@ -35,6 +37,10 @@ CLAIM_SECONDS = 120  # a claimed message whose sender died is retried after this
 CLAIMABLE = ("pending", "sending")
 CRLF = "\r\n"
 MAX_LINE = 998
+# Outcomes are written at least this often: a crash between sending and writing re-sends,
+# once the claim lapses, what was sent in the last OUTCOME_SECONDS (SMTP cannot promise
+# better: a reply lost on the wire has the same effect).
+OUTCOME_SECONDS = 0.1
 
 
 def backoff(attempts: int) -> timedelta:
@@ -150,10 +156,28 @@ def _outcome_update(columns: tuple[str, ...]):
             .values({column: bindparam(f"new_{column}") for column in columns}))
 
 
-def _record(message: Outgoing, **values) -> None:
-    db.session.execute(_outcome_update(tuple(values)),
-                       {"message_id": message.id,
-                        **{f"new_{column}": value for column, value in values.items()}})
+class Outcomes:
+    """Outcomes waiting to be written: UPDATE parameters by the columns they set, and audit
+    events, in the order they happened. write() puts them in the session (the caller
+    commits) and starts again."""
+
+    def __init__(self) -> None:
+        self.updates: dict[tuple[str, ...], list[dict]] = {}
+        self.events: list[dict] = []
+
+    def __len__(self) -> int:
+        return sum(map(len, self.updates.values()))
+
+    def record(self, message: Outgoing, **values) -> None:
+        self.updates.setdefault(tuple(values), []).append(
+            {"message_id": message.id,
+             **{f"new_{column}": value for column, value in values.items()}})
+
+    def write(self) -> None:
+        for columns, rows in self.updates.items():
+            db.session.execute(_outcome_update(columns), rows)
+        record_events(self.events)
+        self.updates, self.events = {}, []
 
 
 def _redacted(message: Outgoing) -> dict:
@@ -175,10 +199,10 @@ def disconnect(connection) -> None:
 
 
 def defer_all(message_ids: list[int], exc: Exception, now: datetime,
-              report: DeliveryReport) -> None:
+              report: DeliveryReport, outcomes: Outcomes) -> None:
     """SMTP could not be reached: every claimed message is retried later (or fails)."""
     for message in load_claimed(message_ids, now):
-        _retry_or_fail(message, exc, now, report)
+        _retry_or_fail(message, exc, now, report, outcomes)
 
 
 @lru_cache(maxsize=64)
@@ -245,13 +269,13 @@ def send(connection, message: Outgoing, body_text: str, body_html: str,
                                  [_address(one_line(message.recipient))[1]], data)
 
 
-def deliver_one(message: Outgoing, connection, now: datetime,
-                report: DeliveryReport) -> None:
+def deliver_one(message: Outgoing, connection, now: datetime, report: DeliveryReport,
+                outcomes: Outcomes) -> None:
     """Send one claimed message, unless its request is over or its one-time password no
     longer works (then it is cancelled)."""
     code = code_of(message, now) if message.otp_id else None
     if message.is_over or (message.otp_id and code is None):
-        _record(message, status="cancelled", **_redacted(message))
+        outcomes.record(message, status="cancelled", **_redacted(message))
         report.cancelled.append(message.id)
         return
     body_text, body_html = message.body_text, message.body_html
@@ -261,32 +285,32 @@ def deliver_one(message: Outgoing, connection, now: datetime,
     try:
         send(connection, message, body_text, body_html, now)
     except Exception as exc:
-        _retry_or_fail(message, exc, now, report)
+        _retry_or_fail(message, exc, now, report, outcomes)
     else:
         message.attempts += 1
-        _record(message, status="sent", sent_at=now, attempts=message.attempts,
+        outcomes.record(message, status="sent", sent_at=now, attempts=message.attempts,
                 last_error=None, **_redacted(message))
         report.sent.append(message.id)
-        _audit(message, "email.sent", now)
+        _audit(message, "email.sent", now, outcomes)
 
 
 def _retry_or_fail(message: Outgoing, exc: Exception, now: datetime,
-                   report: DeliveryReport) -> None:
+                   report: DeliveryReport, outcomes: Outcomes) -> None:
     message.attempts += 1
     error = f"{type(exc).__name__}: {exc}"[:1000]
     if _permanent(exc) or message.attempts >= MAX_ATTEMPTS:
-        _record(message, status="failed", attempts=message.attempts, last_error=error,
+        outcomes.record(message, status="failed", attempts=message.attempts, last_error=error,
                 **_redacted(message))
         report.failed.append(message.id)
-        _audit(message, "email.failed", now, outcome="failure", error=error)
+        _audit(message, "email.failed", now, outcomes, outcome="failure", error=error)
     else:
-        _record(message, status="pending", attempts=message.attempts, last_error=error,
+        outcomes.record(message, status="pending", attempts=message.attempts, last_error=error,
                 next_attempt_at=now + backoff(message.attempts))
         report.retried.append(message.id)
 
 
-def _audit(message: Outgoing, action: str, now: datetime, *, outcome: str = "success",
-           **details) -> None:
+def _audit(message: Outgoing, action: str, now: datetime, outcomes: Outcomes, *,
+           outcome: str = "success", **details) -> None:
     if message.request_id:
         target_type, target_id = "session_request", message.request_id
     elif message.otp_request_id:
@@ -295,10 +319,10 @@ def _audit(message: Outgoing, action: str, now: datetime, *, outcome: str = "suc
         target_type, target_id = "outbox_message", message.id
     # Where a one-time password went is shown masked, as to the device.
     recipient = otp_rules.mask_email(message.recipient) if message.otp_id else message.recipient
-    record_events([{
+    outcomes.events.append({
         "actor": SYSTEM, "action": action, "target_type": target_type,
         "target_id": target_id, "department_id": message.department_id, "now": now,
         "outcome": outcome,
         "details": {"request_id": message.request_id,
                     "otp_request_id": message.otp_request_id, "recipient": recipient,
-                    "message_id": message.id, "attempts": message.attempts, **details}}])
+                    "message_id": message.id, "attempts": message.attempts, **details}})

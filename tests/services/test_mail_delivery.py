@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 
 import pytest
 from factories import NOW, PASSWORD
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from portal.extensions import db
 from portal.clock import SystemClock
@@ -262,6 +262,75 @@ def test_smtp_down_then_back_delivers_each_email_exactly_once(app, smtp, request
     assert [len(smtp.handler.received_by(r)) for r in (R1, R2)] == [1, 1]
     assert {(m.status, m.attempts, m.last_error) for m in outbox_rows(request_id)} == {
         ("sent", 2, None)}
+
+
+def more_requests(client, tech_token, count):
+    for n in range(count):
+        response = client.post("/api/v1/session-requests",
+                               json={"device": DEVICE, "reason": f"Batch {n}"},
+                               headers={"Authorization": f"Bearer {tech_token}"})
+        assert response.status_code == 201, response.get_json()
+
+
+def test_a_batch_writes_its_outcomes_together(app, client, smtp, tech_token):
+    """Six emails: the claim and the outcomes are two commits, the outcomes one UPDATE
+    and one audit INSERT (on SQLite each commit waits for the one write lock, so a commit
+    per email left the mail behind while requests were being created)."""
+    more_requests(client, tech_token, 3)
+    commits, outcome_writes = [], []
+
+    def on_commit(connection):
+        commits.append(1)
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith(("UPDATE outbox_messages", "INSERT INTO audit_events")):
+            outcome_writes.append((statement.split(" (")[0].split(" SET")[0],
+                                   len(parameters) if executemany else 1))
+
+    with app.app_context():
+        engine = db.engine
+        event.listen(engine, "commit", on_commit)
+        event.listen(engine, "before_cursor_execute", on_execute)
+        try:
+            report = deliver_outbox(utcnow())
+        finally:
+            event.remove(engine, "commit", on_commit)
+            event.remove(engine, "before_cursor_execute", on_execute)
+        db.session.remove()
+    assert len(report.sent) == 6
+    assert len(smtp.handler.messages) == 6
+    assert len(commits) == 2
+    # The claim's UPDATE, then one UPDATE and one INSERT for all six outcomes.
+    assert outcome_writes == [("UPDATE outbox_messages", 1),
+                              ("UPDATE outbox_messages", 6),
+                              ("INSERT INTO audit_events", 6)]
+    assert {m.status for m in fresh_rows(OutboxMessage)} == {"sent"}
+    assert count_events("email.sent") == 6
+
+
+def test_outcomes_are_committed_at_least_every_outcome_seconds(app, client, smtp,
+                                                               tech_token, monkeypatch):
+    """How much a crash can make us send again is bounded: once OUTCOME_SECONDS have
+    passed, what was sent is committed before the next message goes (seen here from
+    another connection, as a scheduler starting after a crash would see it)."""
+    more_requests(client, tech_token, 2)
+    monkeypatch.setattr(delivery, "OUTCOME_SECONDS", 0.0)
+    committed_before_each_send = []
+    real_send = delivery.send
+
+    def observed_send(connection, message, *args):
+        with db.engine.connect() as other:
+            committed_before_each_send.append(other.scalar(
+                select(func.count()).select_from(OutboxMessage)
+                .where(OutboxMessage.status == "sent")))
+        real_send(connection, message, *args)
+
+    monkeypatch.setattr(delivery, "send", observed_send)
+    with app.app_context():
+        report = deliver_outbox(utcnow())
+        db.session.remove()
+    assert len(report.sent) == 4
+    assert committed_before_each_send == [0, 1, 2, 3]
 
 
 def test_permanent_refusal_fails_without_retry_and_shows_on_the_outbox(app, smtp,
