@@ -30,9 +30,12 @@ class SessionRequest(db.Model):
     __table_args__ = (
         # The expiry sweep and every "still pending?" look-up.
         Index("ix_session_requests_status_expires_at", "status", "expires_at"),
-        # The pending page of a department, the prompts of a device.
+        # The pending page of a department.
         Index("ix_session_requests_department_id_status", "department_id", "status"),
-        Index("ix_session_requests_device_id_status", "device_id", "status"),
+        # A device's open prompts (the agent polls them): with only (device_id, status)
+        # SQLite's planner read every pending request through the index above instead.
+        Index("ix_session_requests_device_id_open_prompts", "device_id", "status",
+              "end_user_check", "end_user_deadline"),
         Index("ix_session_requests_technician_id_created_at", "technician_id", "created_at"),
         # The chain's job: what is due to be mailed next (fallback, escalation).
         Index("ix_session_requests_chain_due_at", "chain_due_at"),
