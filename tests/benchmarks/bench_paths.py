@@ -4,6 +4,7 @@
     python tests/benchmarks/bench_paths.py --database-uri postgresql+psycopg://…
     python tests/benchmarks/bench_paths.py --paths create,prompts --duration 30
     python tests/benchmarks/bench_paths.py --worker-class both  # sync, then gthread
+    python tests/benchmarks/bench_paths.py --profile            # and where the time goes
 
 Both servers are gunicorn with the same settings (-w 2, the worker class chosen, and the
 hooks in bench_gunicorn.py); wrk drives each path with the same load (2 threads,
@@ -54,6 +55,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import bench_profile
 from bench_wrk import Result, Target, run_wrk, write_lua
 
 HERE = Path(__file__).resolve().parent
@@ -243,9 +245,12 @@ class Server:
                 for label, (requests, statements) in totals.items() if requests}
 
 
-def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str) -> dict:
+def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str,
+                profiles: dict[str, str]) -> dict:
     """Each path's Result by name; the bare endpoint is measured first and again last
-    ("bare-after"), so a drift in the machine's load shows."""
+    ("bare-after"), so a drift in the machine's load shows. With --profile, each portal
+    path then runs as long again with py-spy on its workers (bench_profile.py): its
+    summary goes into `profiles`."""
     bare = Server("bare:app", work, env, work, args, worker_class)
     portal = Server("portal.wsgi:app", ROOT, env, work, args, worker_class)
     results: dict[str, Result] = {}
@@ -264,6 +269,16 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str) -> d
                      seed["technician_token"])
             print(f"  {worker_class:>7} {key:<10} {results[key].requests_per_second:9.1f} "
                   "req/s", file=sys.stderr)
+            if args.profile and name != "bare":  # a run of its own: the figure is clean
+                running = bench_profile.start(bench_profile.worker_pids(portal.process.pid),
+                                              args.duration, work, f"{worker_class}-{name}")
+                run_wrk(server.port, write_lua(work, target, None, args.wrk_threads),
+                        args.duration, args, refused=target.refused)
+                profiles[key] = bench_profile.summary(bench_profile.finish(running))
+                if target.cleanup:
+                    call(portal.port, "POST",
+                         f"/api/v1/session-requests/{target.cleanup}/cancel",
+                         seed["technician_token"])
     finally:
         statements = {**bare.stop(), **portal.stop()}
     for key, result in results.items():
@@ -341,6 +356,9 @@ def parse_args(argv=None):
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--devices", type=int, default=200,
                         help="devices the creates are spread over (200)")
+    parser.add_argument("--profile", action="store_true", help="then run each portal path "
+                        "as long again with py-spy attached to the workers, and print where "
+                        "their time goes (pip install -e '.[bench]')")
     parser.add_argument("--all", action="store_true", help="then run the other benchmarks "
                         f"present in this folder ({', '.join(EXTRA_BENCHMARKS)})")
     args = parser.parse_args(argv)
@@ -348,8 +366,12 @@ def parse_args(argv=None):
     unknown = sorted(set(args.paths) - set(PATHS))
     if unknown:
         parser.error(f"unknown path(s): {', '.join(unknown)} (choose from {', '.join(PATHS)})")
-    if "prompts" in args.paths and args.duration + args.warmup > 590:
-        parser.error("a prompt stays open 600 s at most: keep --duration under 590")
+    if "prompts" in args.paths and args.duration * (2 if args.profile else 1) \
+            + args.warmup > 590:
+        parser.error("a prompt stays open 600 s at most: keep --duration under 590 "
+                     "(under 295 with --profile)")
+    if args.profile and not bench_profile.available():
+        parser.error("--profile needs py-spy (pip install -e '.[bench]')")
     return args
 
 
@@ -377,12 +399,18 @@ def main(argv=None) -> None:
         classes = ("sync", "gthread") if args.worker_class == "both" else (args.worker_class,)
         tables = []
         for worker_class in classes:
-            results = measure_all(env, work, seed, args, worker_class)
+            profiles: dict[str, str] = {}
+            results = measure_all(env, work, seed, args, worker_class, profiles)
             threads = f", {args.threads} threads each" if worker_class == "gthread" else ""
             tables.append(table(results, (
                 f"### {database} — gunicorn -w {args.workers} ({worker_class}{threads}), "
                 f"wrk {args.wrk_threads} threads × {args.connections} connections, "
                 f"{args.duration:g} s per path")))
+            if profiles:
+                tables.append(f"Where the workers' time goes (py-spy, {worker_class}, "
+                              "another run of each path as long):\n\n" + "\n\n".join(
+                                  f"- {TITLES[name]}\n{text}"
+                                  for name, text in profiles.items()))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n" + "\n\n".join(tables))
