@@ -274,7 +274,8 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str,
                                               args.duration, work, f"{worker_class}-{name}")
                 run_wrk(server.port, write_lua(work, target, None, args.wrk_threads),
                         args.duration, args, refused=target.refused)
-                profiles[key] = bench_profile.summary(bench_profile.finish(running))
+                profiles[key] = bench_profile.summary(
+                    bench_profile.finish(running, keep_in=args.profile_dir))
                 if target.cleanup:
                     call(portal.port, "POST",
                          f"/api/v1/session-requests/{target.cleanup}/cancel",
@@ -359,6 +360,9 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true", help="then run each portal path "
                         "as long again with py-spy attached to the workers, and print where "
                         "their time goes (pip install -e '.[bench]')")
+    parser.add_argument("--profile-dir", type=Path, help="with --profile, keep py-spy's "
+                        "raw stacks there (one file per path and worker; flamegraph.pl "
+                        "reads them)")
     parser.add_argument("--all", action="store_true", help="then run the other benchmarks "
                         f"present in this folder ({', '.join(EXTRA_BENCHMARKS)})")
     args = parser.parse_args(argv)

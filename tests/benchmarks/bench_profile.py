@@ -50,13 +50,18 @@ def start(pids: list[int], seconds: int, out_dir: Path, label: str,
     return running
 
 
-def finish(running: list[tuple[subprocess.Popen, Path]]) -> list[tuple[list[str], int]]:
-    """The samples of every worker: (frames outermost first, count)."""
+def finish(running: list[tuple[subprocess.Popen, Path]],
+           keep_in: Path | None = None) -> list[tuple[list[str], int]]:
+    """The samples of every worker: (frames outermost first, count); the raw files are
+    copied to `keep_in` if given."""
     stacks = []
     for process, path in running:
         process.wait(60)
         if not path.exists():
             continue
+        if keep_in is not None:
+            keep_in.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, keep_in / path.name)
         for line in path.read_text().splitlines():
             frames, _, count = line.rpartition(" ")
             if frames and count.isdigit():
