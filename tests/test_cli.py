@@ -181,7 +181,10 @@ def api_status(client, token, path="/api/v1/session-requests/1"):
 
 
 def token_events(action):
-    return list(db.session.scalars(select(AuditEvent).where(AuditEvent.action == action)))
+    """In the order they happened (without ORDER BY, PostgreSQL returns rows in the order
+    it finds them, which sealing an event's hash can change)."""
+    return list(db.session.scalars(select(AuditEvent).where(AuditEvent.action == action)
+                                   .order_by(AuditEvent.seq)))
 
 
 def assert_no_secret(event, *tokens):
