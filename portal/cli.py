@@ -199,7 +199,7 @@ def init_commands(app: Flask) -> None:
         session ends."""
         import signal
 
-        from portal.jobs import SchedulerLock
+        from portal.election import SchedulerLock
 
         def stop(signum, frame):  # SIGTERM stops as Ctrl+C does: the running job finishes
             raise SystemExit(0)
@@ -227,7 +227,8 @@ def init_commands(app: Flask) -> None:
         """Run the jobs while the lock is held: False once stopped, True if it was lost."""
         import time
 
-        from portal.jobs import LOCK_CHECK_SECONDS, build_scheduler, take_over
+        from portal.election import LOCK_CHECK_SECONDS
+        from portal.jobs import build_scheduler, take_over
 
         if lock.is_elected:
             take_over(app)

@@ -1,7 +1,8 @@
 """Scheduler jobs (expiry, outbox delivery) and build_scheduler(app).
 
 APScheduler 3 runs in exactly one process: `flask --app portal scheduler` in production
-(guarded by a PostgreSQL advisory lock, so a second one waits), or in-process for `demo`.
+(guarded by a PostgreSQL advisory lock, portal.election, so a second one waits), or
+in-process for `demo`.
 Web workers never start it. Jobs are idempotent: they call services whose conditional
 updates make a second run (or a second scheduler) a no-op. Deadlines are enforced in every
 decision path too, so a late or stopped scheduler never lets a late decision through.
@@ -20,8 +21,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
-from sqlalchemy import select, text, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import select, update
 
 from portal import clock, notifier
 from portal.domain.errors import AuditHeadMissingError
@@ -42,13 +42,6 @@ WAKE_MARGIN_SECONDS = 0.002  # wake just after a deadline, not a hair before it
 AUDIT_SEAL_INTERVAL_SECONDS = 0.5
 OUTBOX_INTERVAL_SECONDS = 2  # the sweep for retries; new mail wakes delivery at once
 OUTBOX_BATCH = 50
-ADVISORY_LOCK_KEY = 0x5E55_10A7  # "session gate" scheduler election
-LOCK_WAIT_SECONDS = 1  # a standby's wait on the lock, in slices a signal can end
-LOCK_CHECK_SECONDS = 1  # how often the running scheduler checks it still holds the lock
-# Server-side TCP keepalives on the lock's connection: if the holder's host vanishes
-# (no FIN, no RST), PostgreSQL ends its session, freeing the lock, in about 5 s.
-KEEPALIVES = {"tcp_keepalives_idle": 2, "tcp_keepalives_interval": 1,
-              "tcp_keepalives_count": 3}
 
 
 def _run(app: Flask, name: str, work):
@@ -177,11 +170,12 @@ def seal_audit(app: Flask) -> int:
 
 
 def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.DeliveryReport:
-    """Send what is due over one SMTP connection, committing the claim first and then the
-    outcomes at least every delivery.OUTCOME_SECONDS and at the end (a job boundary): a
-    message is sent at most once per claim, and a crash loses at most the outcomes of
-    that last moment (those messages are sent again when their claim lapses). Needs an
-    app context."""
+    """Send what is due over one SMTP connection (a job boundary): the claim is committed
+    first; the outcomes after the first message sent delivery.OUTCOME_SECONDS after the
+    last write, and at the end — also when something fails, in a new transaction. A
+    message is sent at most once per claim; a crash loses the outcomes not yet written
+    (those messages are sent again when their claim lapses, or when another scheduler
+    takes over). Needs an app context."""
     report, outcomes = delivery.DeliveryReport(), delivery.Outcomes()
     claimed = delivery.claim_due(now, limit)
     db.session.commit()  # the claim is visible before the slow part
@@ -200,9 +194,14 @@ def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.Deliver
             if time.monotonic() - written_at >= delivery.OUTCOME_SECONDS:
                 _write_outcomes(outcomes)
                 written_at = time.monotonic()
+    except BaseException:
+        db.session.rollback()  # what failed may have been a statement; the rest is plain
+        _write_outcomes(outcomes)  # values: what was sent is recorded all the same
+        raise
+    else:
+        _write_outcomes(outcomes)  # before saying goodbye to a server that may hang
     finally:
         delivery.disconnect(connection)
-        _write_outcomes(outcomes)
     return report
 
 
@@ -210,6 +209,7 @@ def _write_outcomes(outcomes: delivery.Outcomes) -> None:
     if len(outcomes):
         outcomes.write()
         db.session.commit()
+        outcomes.clear()
 
 
 _delivering = threading.Lock()  # the sweep and the wake-up take turns in a process
@@ -342,79 +342,3 @@ def take_over(app: Flask) -> int:
     if released:
         log.info("took over %d claimed message(s) from a stopped scheduler", released)
     return released
-
-
-class SchedulerLock:
-    """On PostgreSQL, hold a session-level advisory lock on a dedicated connection for the
-    life of the scheduler; on SQLite (one machine, the demo) there is nothing to elect.
-
-    A standby waits on the lock itself, in slices of LOCK_WAIT_SECONDS (lock_timeout), so
-    it takes over the moment PostgreSQL ends the holder's session (a killed process's
-    socket is closed by the kernel at once; keepalives catch a vanished host), and a
-    signal still stops it between slices."""
-
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.connection = None
-        self.is_elected = False  # True once holding the PostgreSQL lock
-
-    def acquire(self, wait: bool = False) -> bool:
-        with self.app.app_context():
-            engine = db.engine
-            if engine.dialect.name != "postgresql":
-                return True
-            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                got = self._lock(connection, wait)
-            except BaseException:
-                _close(connection)
-                raise
-            if not got:
-                _close(connection)
-                return False
-            self.connection, self.is_elected = connection, True
-            return True
-
-    @staticmethod
-    def _lock(connection, wait: bool) -> bool:
-        for name, value in KEEPALIVES.items():  # the server's side of this session's socket
-            connection.execute(text(f"SET {name} = {int(value)}"))
-        key = {"key": ADVISORY_LOCK_KEY}
-        if connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
-            return True
-        if not wait:
-            return False
-        connection.execute(text(f"SET lock_timeout = '{int(LOCK_WAIT_SECONDS * 1000)}ms'"))
-        while True:
-            try:
-                connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
-            except OperationalError as exc:
-                if getattr(exc.orig, "sqlstate", None) != "55P03":  # lock_not_available
-                    raise
-                continue
-            connection.execute(text("SET lock_timeout = 0"))
-            return True
-
-    def is_held(self) -> bool:
-        """Whether the lock's connection is still there (PostgreSQL frees the lock with
-        it); always True where there is nothing to elect."""
-        if self.connection is None:
-            return not self.is_elected
-        try:
-            self.connection.execute(text("SELECT 1"))
-            return True
-        except Exception:
-            return False
-
-    def release(self) -> None:
-        if self.connection is not None:
-            _close(self.connection)
-            self.connection = None
-        self.is_elected = False
-
-
-def _close(connection) -> None:
-    # Really close the database session, which frees the lock: a plain close() would only
-    # hand the connection back to the pool, lock and all.
-    connection.invalidate()
-    connection.close()

@@ -5,10 +5,11 @@ portal.jobs is the boundary: it commits the claim, then the outcomes (see Outcom
 
 Per batch: a SELECT and an UPDATE … RETURNING claim it, one query loads the messages with
 the state of what they are about; per message: the MIME bytes (mime_bytes) and one SMTP
-transaction. Outcomes are kept in an Outcomes buffer and written together — one
-executemany UPDATE per kind of outcome and one audit INSERT, Core statements built once —
-at least every OUTCOME_SECONDS, so a batch takes a writer's turn a few times rather than
-once per message (on SQLite every commit waits for the one write lock)."""
+transaction. Outcomes are kept in an Outcomes buffer and written together — in id order,
+one executemany UPDATE per run of one kind, and one audit INSERT, Core statements built
+once — after the first message sent OUTCOME_SECONDS after the last write, and at the end:
+a batch takes a writer's turn a few times rather than once per message (on SQLite every
+commit waits for the one write lock)."""
 from __future__ import annotations
 
 import base64
@@ -16,6 +17,8 @@ import secrets
 import smtplib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
 from datetime import datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -37,9 +40,10 @@ CLAIM_SECONDS = 120  # a claimed message whose sender died is retried after this
 CLAIMABLE = ("pending", "sending")
 CRLF = "\r\n"
 MAX_LINE = 998
-# Outcomes are written at least this often: a crash between sending and writing re-sends,
-# once the claim lapses, what was sent in the last OUTCOME_SECONDS (SMTP cannot promise
-# better: a reply lost on the wire has the same effect).
+# Outcomes are written after the first message sent this long after the last write: a
+# crash between sending and writing re-sends (when the claim lapses, or another scheduler
+# takes over) about what was sent in the last OUTCOME_SECONDS. SMTP cannot promise
+# better: a reply lost on the wire has the same effect.
 OUTCOME_SECONDS = 0.1
 
 
@@ -100,8 +104,8 @@ def claim_due(now: datetime, limit: int = 50) -> list[int]:
 
 @dataclass
 class Outgoing:
-    """A claimed message as it was loaded (plain values: the per-message commits expire
-    nothing here and reload nothing)."""
+    """A claimed message as it was loaded (plain values: the job's commits expire nothing
+    here and reload nothing)."""
     id: int
     request_id: int | None
     otp_request_id: int | None
@@ -157,27 +161,34 @@ def _outcome_update(columns: tuple[str, ...]):
 
 
 class Outcomes:
-    """Outcomes waiting to be written: UPDATE parameters by the columns they set, and audit
-    events, in the order they happened. write() puts them in the session (the caller
-    commits) and starts again."""
+    """Outcomes waiting to be written, as plain values: (columns set, UPDATE parameters)
+    per message, and audit events, in the order they happened. write() puts them in the
+    session; the caller commits, then clear()s — after a failed commit they are still
+    here to write again in a new transaction."""
 
     def __init__(self) -> None:
-        self.updates: dict[tuple[str, ...], list[dict]] = {}
+        self.updates: list[tuple[tuple[str, ...], dict]] = []
         self.events: list[dict] = []
 
     def __len__(self) -> int:
-        return sum(map(len, self.updates.values()))
+        return len(self.updates)
 
     def record(self, message: Outgoing, **values) -> None:
-        self.updates.setdefault(tuple(values), []).append(
-            {"message_id": message.id,
-             **{f"new_{column}": value for column, value in values.items()}})
+        self.updates.append((tuple(values), {
+            "message_id": message.id,
+            **{f"new_{column}": value for column, value in values.items()}}))
 
     def write(self) -> None:
-        for columns, rows in self.updates.items():
-            db.session.execute(_outcome_update(columns), rows)
+        """The rows in id order — one executemany per run of outcomes of one kind — so
+        their row locks are taken in the order a cancellation takes them (mail.
+        _cancel_where): two transactions locking the same messages can't deadlock."""
+        ordered = sorted(self.updates, key=lambda update: update[1]["message_id"])
+        for columns, run in groupby(ordered, key=itemgetter(0)):
+            db.session.execute(_outcome_update(columns), [values for _, values in run])
         record_events(self.events)
-        self.updates, self.events = {}, []
+
+    def clear(self) -> None:
+        self.updates, self.events = [], []
 
 
 def _redacted(message: Outgoing) -> dict:

@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 
 import pytest
 from factories import NOW, PASSWORD
-from sqlalchemy import event, func, select
+from sqlalchemy import event, exc, func, select, text
 
 from portal.extensions import db
 from portal.clock import SystemClock
@@ -272,11 +272,12 @@ def more_requests(client, tech_token, count):
         assert response.status_code == 201, response.get_json()
 
 
-def test_a_batch_writes_its_outcomes_together(app, client, smtp, tech_token):
+def test_a_batch_writes_its_outcomes_together(app, client, smtp, tech_token, monkeypatch):
     """Six emails: the claim and the outcomes are two commits, the outcomes one UPDATE
     and one audit INSERT (on SQLite each commit waits for the one write lock, so a commit
     per email left the mail behind while requests were being created)."""
     more_requests(client, tech_token, 3)
+    monkeypatch.setattr(delivery, "OUTCOME_SECONDS", 3600)  # however slow the machine
     commits, outcome_writes = [], []
 
     def on_commit(connection):
@@ -331,6 +332,92 @@ def test_outcomes_are_committed_at_least_every_outcome_seconds(app, client, smtp
         db.session.remove()
     assert len(report.sent) == 4
     assert committed_before_each_send == [0, 1, 2, 3]
+
+
+def outgoing(message_id: int) -> delivery.Outgoing:
+    return delivery.Outgoing(
+        id=message_id, request_id=None, otp_request_id=None, otp_id=None,
+        department_id=None, recipient="a@example.com", subject="s", body_text="t",
+        body_html="h", attempts=0, is_over=False)
+
+
+def test_outcomes_are_written_in_id_order(app):
+    """Row locks in id order, as a cancellation takes them: a batch's write and a
+    decision cancelling some of the same mail can't deadlock on PostgreSQL."""
+    outcomes = delivery.Outcomes()
+    outcomes.record(outgoing(3), status="sent", sent_at=NOW)
+    outcomes.record(outgoing(1), status="cancelled")
+    outcomes.record(outgoing(4), status="cancelled")
+    outcomes.record(outgoing(2), status="sent", sent_at=NOW)
+    updated = []
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE outbox_messages"):
+            rows = parameters if executemany else [parameters]
+            updated.append([row[-1] if isinstance(row, (tuple, list)) else row["message_id"]
+                            for row in rows])
+
+    event.listen(db.engine, "before_cursor_execute", on_execute)
+    try:
+        outcomes.write()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", on_execute)
+    db.session.rollback()
+    assert sum(updated, []) == [1, 2, 3, 4]
+    assert len(updated) == 3  # runs of one kind: [1] cancelled, [2, 3] sent, [4] cancelled
+
+
+class Shutdown(BaseException):
+    """What stops a scheduler in the middle of a batch (as SystemExit would)."""
+
+
+def test_a_batch_stopped_midway_records_what_it_sent(app, client, smtp, tech_token,
+                                                      monkeypatch):
+    more_requests(client, tech_token, 2)
+    monkeypatch.setattr(delivery, "OUTCOME_SECONDS", 3600)
+    real_send, sends = delivery.send, []
+
+    def send_two_then_stop(*args):
+        if len(sends) == 2:
+            raise Shutdown()
+        sends.append(1)
+        real_send(*args)
+
+    monkeypatch.setattr(delivery, "send", send_two_then_stop)
+    with app.app_context():
+        with pytest.raises(Shutdown):
+            deliver_outbox(utcnow())
+        db.session.remove()
+    assert len(smtp.handler.messages) == 2
+    assert [m.status for m in fresh_rows(OutboxMessage)] == ["sent", "sent", "sending",
+                                                             "sending"]
+    assert count_events("email.sent") == 2
+
+
+def test_outcomes_whose_write_failed_are_written_again_in_a_new_transaction(
+        app, client, smtp, tech_token, monkeypatch):
+    """The first write fails after its statements ran (the transaction is then aborted on
+    PostgreSQL): the job rolls back and writes the outcomes again before it gives up."""
+    more_requests(client, tech_token, 2)
+    monkeypatch.setattr(delivery, "OUTCOME_SECONDS", 0.0)  # a write after the first send
+    real_write, writes = delivery.Outcomes.write, []
+
+    def write_failing_once(outcomes):
+        writes.append(len(outcomes))
+        real_write(outcomes)
+        if len(writes) == 1:
+            db.session.execute(text("SELECT * FROM no_such_table"))
+
+    monkeypatch.setattr(delivery.Outcomes, "write", write_failing_once)
+    with app.app_context():
+        with pytest.raises(exc.DBAPIError):
+            deliver_outbox(utcnow())
+        db.session.remove()
+    assert writes == [1, 1]
+    assert len(smtp.handler.messages) == 1
+    assert [m.status for m in fresh_rows(OutboxMessage)] == ["sent", "sending", "sending",
+                                                             "sending"]
+    assert count_events("email.sent") == 1
 
 
 def test_permanent_refusal_fails_without_retry_and_shows_on_the_outbox(app, smtp,

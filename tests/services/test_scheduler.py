@@ -15,7 +15,7 @@ from sqlalchemy import event, func, select, update
 from portal import jobs
 from portal.clock import SystemClock
 from portal.extensions import db
-from portal.jobs import SchedulerLock
+from portal.election import SchedulerLock
 from portal.models import AuditEvent, Device, OutboxMessage, SessionRequest
 from portal.services import accounts, departments
 from portal.services import mail as outbox

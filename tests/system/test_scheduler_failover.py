@@ -21,7 +21,7 @@ from smtp_server import RecordingHandler, SmtpServer
 from sqlalchemy import func, select, text, update
 
 from portal.extensions import db
-from portal.jobs import ADVISORY_LOCK_KEY
+from portal.election import ADVISORY_LOCK_KEY
 from portal.models import AuditEvent, OutboxMessage, SessionRequest
 from portal.services import accounts, departments
 from portal.services import requests as service
