@@ -249,3 +249,22 @@ def test_a_pre_approved_create_is_read_with_the_device(client, w):
     assert obj["decision_reason"].startswith(f"pre-approved by {RECIPIENTS[0]} until ")
     assert len(log.own) <= CREATE_PRE_APPROVED_BUDGET, log.listing()
     assert events == 2  # request.created, request.decided
+
+
+# Measured 5: the token with its device; the department's settings (by their key: the
+# department and then its settings were two lazy loads); the failure counter of (device,
+# username), taken with INSERT … ON CONFLICT; the codes that might match; the counter's
+# UPDATE. The failure's audit event is counted apart.
+VERIFY_BUDGET = 6
+
+
+def test_a_wrong_one_time_password_stays_within_its_budget(client, w):
+    configure(w.qa, is_otp_allowed=True)
+    verify = lambda: client.post(  # noqa: E731
+        "/api/v1/agent/otp/verify", headers=bearer(w.device_token),
+        json={"username": "jsmith", "email": "j.smith@example.com", "password": "12345678"})
+    verify()  # the first failure creates the counter
+    response, log, events = measured(verify)
+    assert response.status_code == 403 and response.get_json() == {"allowed": False}
+    assert len(log.own) <= VERIFY_BUDGET, log.listing()
+    assert events == 1  # otp.failed
