@@ -11,7 +11,7 @@ from portal.clock import request_now as utcnow
 from portal.domain import requests as rules
 from portal.domain.errors import BadRequestError
 from portal.json_input import UnusableJSONError
-from portal.services import agents, decisions, requests as service, session_control
+from portal.services import agents, decisions, requests as service
 from portal.services.actors import Actor
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -135,8 +135,7 @@ def agent_state():
 @device_token_required
 def agent_prompts():
     now = utcnow()
-    prompts = agents.open_prompts(device=g.api_device, actor=device_actor(), now=now)
-    ends = session_control.end_requests(g.api_device)
+    prompts, ends = agents.poll(device=g.api_device, actor=device_actor(), now=now)
     return jsonify({"prompts": [prompt_object(req, now) for req in prompts],
                     "end_sessions": [{"id": session_id, "reason": reason}
                                      for session_id, reason in ends]})

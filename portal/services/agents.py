@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import (Row, bindparam, func, insert, literal_column, null, select,
+                        update)
 from sqlalchemy.exc import IntegrityError
 
 from portal.domain.requests import EndUserCheck, Status
@@ -44,30 +45,47 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
     db.session.flush()
 
 
-# Built once, as plain rows: every agent polls this every second or two.
-_OPEN_PROMPTS = (select(SessionRequest.id, SessionRequest.department_id,
-                        SessionRequest.prompt_shown_at, SessionRequest.prompt_message,
-                        SessionRequest.run_as, SessionRequest.reason,
-                        SessionRequest.end_user_deadline, SessionRequest.match_choices,
-                        User.email.label("technician"))
-                 .join(User, User.id == SessionRequest.technician_id)
-                 .where(SessionRequest.device_id == bindparam("device_id"),
-                        SessionRequest.status == Status.PENDING.value,
-                        SessionRequest.end_user_check == EndUserCheck.PENDING.value,
-                        SessionRequest.end_user_deadline > bindparam("now"),
-                        SessionRequest.expires_at > bindparam("now"))
-                 .order_by(SessionRequest.created_at, SessionRequest.id))
+# Built once, as plain rows: every agent polls this every second or two. One statement
+# for both halves of the poll: the device's open prompts, then the sessions an approver
+# asked to end (UNION ALL; the second half's prompt columns are NULL, typed by the first).
+_PROMPT = literal_column("0")
+_END_SESSION = literal_column("1")
+_NOTHING = null()
+_POLL = (
+    select(_PROMPT.label("kind"), SessionRequest.id, SessionRequest.department_id,
+           SessionRequest.prompt_shown_at, SessionRequest.prompt_message,
+           SessionRequest.run_as, SessionRequest.reason, SessionRequest.end_user_deadline,
+           SessionRequest.match_choices, User.email.label("technician"),
+           _NOTHING.label("end_reason"), SessionRequest.created_at.label("sort_at"))
+    .join(User, User.id == SessionRequest.technician_id)
+    .where(SessionRequest.device_id == bindparam("device_id"),
+           SessionRequest.status == Status.PENDING.value,
+           SessionRequest.end_user_check == EndUserCheck.PENDING.value,
+           SessionRequest.end_user_deadline > bindparam("now"),
+           SessionRequest.expires_at > bindparam("now"))
+    .union_all(
+        select(_END_SESSION, RemoteSession.id, _NOTHING, _NOTHING, _NOTHING, _NOTHING,
+               _NOTHING, _NOTHING, _NOTHING, _NOTHING, RemoteSession.end_reason, _NOTHING)
+        .where(RemoteSession.device_id == bindparam("device_id"),
+               RemoteSession.end_requested_at.is_not(None),
+               RemoteSession.ended_at.is_(None)))
+    .order_by(literal_column("kind"), literal_column("sort_at"), literal_column("id")))
 
 
-def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Row]:
-    """This device's end-user prompts still open now; the first fetch of each is recorded
-    as "prompt shown".
+def poll(*, device: Device, actor: Actor, now: datetime
+         ) -> tuple[list[Row], list[tuple[int, str | None]]]:
+    """What the agent's poll returns, in one query: this device's end-user prompts still
+    open now (created first, first) and (session id, reason) of its sessions whose end was
+    asked for and that have not ended. The first fetch of each prompt is recorded as
+    "prompt shown".
 
     The "first fetch" marks are one conditional UPDATE … RETURNING over all of them, before
     any audit event is written: a poll never holds one request's row while waiting for
     the audit trail and then reaches for another's (which a decision on that other
     request, holding its row and wanting the trail, would make a deadlock)."""
-    prompts = db.session.execute(_OPEN_PROMPTS, {"device_id": device.id, "now": now}).all()
+    rows = db.session.execute(_POLL, {"device_id": device.id, "now": now}).all()
+    prompts = [row for row in rows if row.kind == 0]
+    end_sessions = [(row.id, row.end_reason) for row in rows if row.kind == 1]
     unseen = [req.id for req in prompts if req.prompt_shown_at is None]
     if unseen:
         first = set(db.session.scalars(
@@ -82,7 +100,12 @@ def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Row]:
                              target_type="session_request", target_id=req.id,
                              department_id=req.department_id, now=now,
                              details={"request_id": req.id, "device": device.name})
-    return prompts
+    return prompts, end_sessions
+
+
+def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Row]:
+    """This device's end-user prompts still open now (poll's first half)."""
+    return poll(device=device, actor=actor, now=now)[0]
 
 
 MAX_ID = 2**31 - 1  # the id columns are 32-bit integers

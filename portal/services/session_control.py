@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import joinedload
 
 from portal.domain import approvals as approval_rules
@@ -83,21 +83,6 @@ def request_end(*, user: User, department_id: int, session_id: int, reason, acto
                           "remote_session_id": session.id, "requested_by": user.email,
                           "reason": reason, "user_agent": user_agent[:200]})
     return session
-
-
-def end_requests(device: Device) -> list[tuple[int, str | None]]:
-    """(session id, reason) of this device's sessions whose end was asked for and that
-    have not ended: what the agent's prompts poll returns as `end_sessions` (one query
-    on a partial index)."""
-    return [tuple(row) for row in db.session.execute(_END_REQUESTS,
-                                                     {"device_id": device.id})]
-
-
-_END_REQUESTS = (select(RemoteSession.id, RemoteSession.end_reason)
-                 .where(RemoteSession.device_id == bindparam("device_id"),
-                        RemoteSession.end_requested_at.is_not(None),
-                        RemoteSession.ended_at.is_(None))
-                 .order_by(RemoteSession.id))
 
 
 def running_sessions_of(device: Device) -> list[RemoteSession]:
