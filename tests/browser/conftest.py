@@ -62,11 +62,26 @@ class LiveServer:
         return self.url + path
 
 
+def _closed_before_sending(app):
+    """Each response read whole and closed before Werkzeug's server sends it. When the
+    browser drops a connection mid-response (it navigates away while the favicon is on
+    its way), that server's clean-up reads the socket, fails, and never closes the
+    response: an open static file, whose ResourceWarning failed a test once."""
+    def wsgi(environ, start_response):
+        iterable = app(environ, start_response)
+        try:
+            return [b"".join(iterable)]
+        finally:
+            if hasattr(iterable, "close"):
+                iterable.close()
+    return wsgi
+
+
 @pytest.fixture
 def live_server(app):
     """Serve the test `app` on a free port of 127.0.0.1 in a daemon thread."""
     app.config["WTF_CSRF_ENABLED"] = True
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, _closed_before_sending(app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     try:
