@@ -176,21 +176,21 @@ def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.Deliver
     message is sent at most once per claim; a crash loses the outcomes not yet written
     (those messages are sent again when their claim lapses, or when another scheduler
     takes over). Needs an app context."""
-    report, outcomes = delivery.DeliveryReport(), delivery.Outcomes()
+    outcomes = delivery.Outcomes()
     claimed = delivery.claim_due(now, limit)
     db.session.commit()  # the claim is visible before the slow part
     if not claimed:
-        return report
+        return outcomes.report
     try:
         connection = delivery.connect()
     except Exception as exc:  # SMTP down: everything claimed is retried later
-        delivery.defer_all(claimed, exc, now, report, outcomes)
+        delivery.defer_all(claimed, exc, now, outcomes)
         _write_outcomes(outcomes)
-        return report
+        return outcomes.report
     try:
         written_at = time.monotonic()
         for item in delivery.load_claimed(claimed, now):
-            delivery.deliver_one(item, connection, now, report, outcomes)
+            delivery.deliver_one(item, connection, now, outcomes)
             if time.monotonic() - written_at >= delivery.OUTCOME_SECONDS:
                 _write_outcomes(outcomes)
                 written_at = time.monotonic()
@@ -202,7 +202,7 @@ def deliver_outbox(now: datetime, limit: int = OUTBOX_BATCH) -> delivery.Deliver
         _write_outcomes(outcomes)  # before saying goodbye to a server that may hang
     finally:
         delivery.disconnect(connection)
-    return report
+    return outcomes.report
 
 
 def _write_outcomes(outcomes: delivery.Outcomes) -> None:

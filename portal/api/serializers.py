@@ -41,7 +41,7 @@ def request_object(req: SessionRequest, now: datetime) -> dict:
 
 
 def prompt_object(req, now: datetime) -> dict:
-    """An open prompt (a row of services.agents.open_prompts) as the agent reads it."""
+    """An open prompt (a prompt row of services.agents.poll) as the agent reads it."""
     return {
         "id": req.id,
         "message": req.prompt_message,

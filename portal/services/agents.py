@@ -48,11 +48,10 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
 # Built once, as plain rows: every agent polls this every second or two. One statement
 # for both halves of the poll: the device's open prompts, then the sessions an approver
 # asked to end (UNION ALL; the second half's prompt columns are NULL, typed by the first).
-_PROMPT = literal_column("0")
-_END_SESSION = literal_column("1")
+PROMPT_ROW, END_SESSION_ROW = 0, 1  # a row's "kind"
 _NOTHING = null()
 _POLL = (
-    select(_PROMPT.label("kind"), SessionRequest.id, SessionRequest.department_id,
+    select(literal_column(str(PROMPT_ROW)).label("kind"), SessionRequest.id, SessionRequest.department_id,
            SessionRequest.prompt_shown_at, SessionRequest.prompt_message,
            SessionRequest.run_as, SessionRequest.reason, SessionRequest.end_user_deadline,
            SessionRequest.match_choices, User.email.label("technician"),
@@ -64,7 +63,7 @@ _POLL = (
            SessionRequest.end_user_deadline > bindparam("now"),
            SessionRequest.expires_at > bindparam("now"))
     .union_all(
-        select(_END_SESSION, RemoteSession.id, _NOTHING, _NOTHING, _NOTHING, _NOTHING,
+        select(literal_column(str(END_SESSION_ROW)), RemoteSession.id, _NOTHING, _NOTHING, _NOTHING, _NOTHING,
                _NOTHING, _NOTHING, _NOTHING, _NOTHING, RemoteSession.end_reason, _NOTHING)
         .where(RemoteSession.device_id == bindparam("device_id"),
                RemoteSession.end_requested_at.is_not(None),
@@ -84,8 +83,8 @@ def poll(*, device: Device, actor: Actor, now: datetime
     the audit trail and then reaches for another's (which a decision on that other
     request, holding its row and wanting the trail, would make a deadlock)."""
     rows = db.session.execute(_POLL, {"device_id": device.id, "now": now}).all()
-    prompts = [row for row in rows if row.kind == 0]
-    end_sessions = [(row.id, row.end_reason) for row in rows if row.kind == 1]
+    prompts = [row for row in rows if row.kind == PROMPT_ROW]
+    end_sessions = [(row.id, row.end_reason) for row in rows if row.kind == END_SESSION_ROW]
     unseen = [req.id for req in prompts if req.prompt_shown_at is None]
     if unseen:
         first = set(db.session.scalars(
@@ -101,11 +100,6 @@ def poll(*, device: Device, actor: Actor, now: datetime
                              department_id=req.department_id, now=now,
                              details={"request_id": req.id, "device": device.name})
     return prompts, end_sessions
-
-
-def open_prompts(*, device: Device, actor: Actor, now: datetime) -> list[Row]:
-    """This device's end-user prompts still open now (poll's first half)."""
-    return poll(device=device, actor=actor, now=now)[0]
 
 
 MAX_ID = 2**31 - 1  # the id columns are 32-bit integers

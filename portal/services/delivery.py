@@ -160,20 +160,29 @@ def _outcome_update(columns: tuple[str, ...]):
             .values({column: bindparam(f"new_{column}") for column in columns}))
 
 
+# Which list of the report a message goes to, by the status its outcome sets.
+_REPORTED = {"sent": "sent", "pending": "retried", "failed": "failed",
+             "cancelled": "cancelled"}
+
+
 class Outcomes:
     """Outcomes waiting to be written, as plain values: (columns set, UPDATE parameters)
-    per message, and audit events, in the order they happened. write() puts them in the
-    session; the caller commits, then clear()s — after a failed commit they are still
-    here to write again in a new transaction."""
+    per message, and audit events, in the order they happened; `report` says what
+    happened to each message. write() puts them in the session; the caller commits, then
+    clear()s — after a failed commit they are still here to write again in a new
+    transaction."""
 
     def __init__(self) -> None:
         self.updates: list[tuple[tuple[str, ...], dict]] = []
         self.events: list[dict] = []
+        self.report = DeliveryReport()
 
     def __len__(self) -> int:
         return len(self.updates)
 
-    def record(self, message: Outgoing, **values) -> None:
+    def record(self, message: Outgoing, *, status: str, **values) -> None:
+        getattr(self.report, _REPORTED[status]).append(message.id)
+        values = {"status": status, **values}
         self.updates.append((tuple(values), {
             "message_id": message.id,
             **{f"new_{column}": value for column, value in values.items()}}))
@@ -210,10 +219,10 @@ def disconnect(connection) -> None:
 
 
 def defer_all(message_ids: list[int], exc: Exception, now: datetime,
-              report: DeliveryReport, outcomes: Outcomes) -> None:
+              outcomes: Outcomes) -> None:
     """SMTP could not be reached: every claimed message is retried later (or fails)."""
     for message in load_claimed(message_ids, now):
-        _retry_or_fail(message, exc, now, report, outcomes)
+        _retry_or_fail(message, exc, now, outcomes)
 
 
 @lru_cache(maxsize=64)
@@ -280,14 +289,12 @@ def send(connection, message: Outgoing, body_text: str, body_html: str,
                                  [_address(one_line(message.recipient))[1]], data)
 
 
-def deliver_one(message: Outgoing, connection, now: datetime, report: DeliveryReport,
-                outcomes: Outcomes) -> None:
+def deliver_one(message: Outgoing, connection, now: datetime, outcomes: Outcomes) -> None:
     """Send one claimed message, unless its request is over or its one-time password no
     longer works (then it is cancelled)."""
     code = code_of(message, now) if message.otp_id else None
     if message.is_over or (message.otp_id and code is None):
         outcomes.record(message, status="cancelled", **_redacted(message))
-        report.cancelled.append(message.id)
         return
     body_text, body_html = message.body_text, message.body_html
     if code is not None:
@@ -296,28 +303,25 @@ def deliver_one(message: Outgoing, connection, now: datetime, report: DeliveryRe
     try:
         send(connection, message, body_text, body_html, now)
     except Exception as exc:
-        _retry_or_fail(message, exc, now, report, outcomes)
+        _retry_or_fail(message, exc, now, outcomes)
     else:
         message.attempts += 1
         outcomes.record(message, status="sent", sent_at=now, attempts=message.attempts,
-                last_error=None, **_redacted(message))
-        report.sent.append(message.id)
+                        last_error=None, **_redacted(message))
         _audit(message, "email.sent", now, outcomes)
 
 
 def _retry_or_fail(message: Outgoing, exc: Exception, now: datetime,
-                   report: DeliveryReport, outcomes: Outcomes) -> None:
+                   outcomes: Outcomes) -> None:
     message.attempts += 1
     error = f"{type(exc).__name__}: {exc}"[:1000]
     if _permanent(exc) or message.attempts >= MAX_ATTEMPTS:
-        outcomes.record(message, status="failed", attempts=message.attempts, last_error=error,
-                **_redacted(message))
-        report.failed.append(message.id)
+        outcomes.record(message, status="failed", attempts=message.attempts,
+                        last_error=error, **_redacted(message))
         _audit(message, "email.failed", now, outcomes, outcome="failure", error=error)
     else:
-        outcomes.record(message, status="pending", attempts=message.attempts, last_error=error,
-                next_attempt_at=now + backoff(message.attempts))
-        report.retried.append(message.id)
+        outcomes.record(message, status="pending", attempts=message.attempts,
+                        last_error=error, next_attempt_at=now + backoff(message.attempts))
 
 
 def _audit(message: Outgoing, action: str, now: datetime, outcomes: Outcomes, *,

@@ -264,9 +264,6 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str,
             results[key] = run_wrk(server.port,
                                    write_lua(work, target, name, args.wrk_threads),
                                    args.duration, args, refused=target.refused)
-            if target.cleanup:  # no open request left behind for the next round
-                call(portal.port, "POST", f"/api/v1/session-requests/{target.cleanup}/cancel",
-                     seed["technician_token"])
             print(f"  {worker_class:>7} {key:<10} {results[key].requests_per_second:9.1f} "
                   "req/s", file=sys.stderr)
             if args.profile and name != "bare":  # a run of its own: the figure is clean
@@ -276,10 +273,9 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str,
                         args.duration, args, refused=target.refused)
                 profiles[key] = bench_profile.summary(
                     bench_profile.finish(running, keep_in=args.profile_dir))
-                if target.cleanup:
-                    call(portal.port, "POST",
-                         f"/api/v1/session-requests/{target.cleanup}/cancel",
-                         seed["technician_token"])
+            if target.cleanup:  # no open request left behind for the next round
+                call(portal.port, "POST", f"/api/v1/session-requests/{target.cleanup}/cancel",
+                     seed["technician_token"])
     finally:
         statements = {**bare.stop(), **portal.stop()}
     for key, result in results.items():

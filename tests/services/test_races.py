@@ -263,8 +263,9 @@ def test_a_prompt_poll_and_a_decision_never_deadlock(app, qa):
             device = db.session.scalar(select(Device).where(Device.name == DEVICE))
 
             def act():
-                shown.extend(r.id for r in agents.open_prompts(
-                    device=device, actor=Actor(label=f"device:{DEVICE}"), now=at))
+                prompts, _end_sessions = agents.poll(
+                    device=device, actor=Actor(label=f"device:{DEVICE}"), now=at)
+                shown.extend(r.id for r in prompts)
             return act
 
         def decide():
