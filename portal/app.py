@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
+from portal import pg_transactions  # noqa: F401  (its listeners: BEGIN when needed)
 from portal.client_address import ValidRemoteAddr
 from portal.clock import init_clock
 from portal.config import DefaultConfig
