@@ -4,6 +4,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Flask, g, jsonify, redirect, request, url_for
+from flask.sessions import SecureCookieSessionInterface
 from flask_htmx import make_response
 from flask_login import current_user
 
@@ -18,7 +19,29 @@ CSP = (
 )
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signing serializer built once per set of
+    keys rather than on every request (Flask builds it twice a request, opening and
+    saving, even for an API call that sends no cookie). A rotated SECRET_KEY or
+    SECRET_KEY_FALLBACKS gets a serializer of its own."""
+
+    def __init__(self) -> None:
+        self._serializers: dict[tuple, object] = {}
+
+    def get_signing_serializer(self, app: Flask):
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        found = self._serializers.get(keys)
+        if found is None:
+            found = super().get_signing_serializer(app)
+            if len(self._serializers) > 8:  # keys changed at run time, again and again
+                self._serializers.clear()
+            self._serializers[keys] = found
+        return found
+
+
 def init_security(app: Flask) -> None:
+    app.session_interface = CookieSessions()
+
     @login_manager.user_loader
     def load_user(session_token: str):
         return accounts.load_signed_in_user(session_token, now=utcnow())
@@ -45,8 +68,12 @@ def init_security(app: Flask) -> None:
         headers.setdefault("X-Frame-Options", "DENY")
         if request.is_secure:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        if current_user and getattr(current_user, "is_authenticated", False):
-            # Signed-in pages are private to the browser that asked.
+        # Signed-in pages are private to the browser that asked. Only a response that
+        # looked at who is signed in can depend on it (every page that shows a user
+        # does, and so does login_required): one that never did (an API call, a
+        # status poll) does not load the user only to learn it is nobody.
+        user = g.get("_login_user")  # Flask-Login's user of this request, once loaded
+        if user is not None and user.is_authenticated:
             headers.setdefault("Cache-Control", "no-store")
         # One URL serving a page or a fragment (a view asked web.common.is_htmx), and
         # every answer to htmx: caches must keep the two apart.

@@ -77,3 +77,16 @@ def test_rotating_the_secret_key_keeps_tokens_and_links(client, auth, issued, ro
     response = after.get(f"/api/v1/session-requests/{issued['request_id']}",
                          headers={"Authorization": f"Bearer {issued['api_token']}"})
     assert response.json["status"] == "approved"
+
+
+def test_a_secret_key_changed_while_running_signs_anew_and_its_fallback_still_reads(
+        app, client, auth, issued):
+    """Sessions are signed by a serializer kept per set of keys: changing SECRET_KEY
+    (or SECRET_KEY_FALLBACKS) in a running app takes effect on the next request."""
+    auth.login(APPROVER)
+    assert client.get("/").status_code == 200
+    old = app.config["SECRET_KEY"]
+    app.config["SECRET_KEY"] = "another secret key, set while running"
+    assert client.get("/").status_code == 302  # the cookie's signature is the old key's
+    app.config["SECRET_KEY_FALLBACKS"] = [old]
+    assert client.get("/").status_code == 200
