@@ -13,8 +13,11 @@ Jobs and CLI commands are boundaries of their own and commit themselves.
 """
 from __future__ import annotations
 
+import sqlite3
+
 from flask import Flask
 
+from portal import pg_transactions
 from portal.extensions import db
 
 _KEEP = "portal.keep_changes"
@@ -30,12 +33,30 @@ def finish(succeeded: bool) -> None:
     session = db.session
     keep = session.info.pop(_KEEP, False)
     current = session()  # the request's Session (the scoped proxy lacks in_transaction)
-    if not (current.in_transaction() or current.new or current.dirty or current.deleted):
+    if current.new or current.dirty or current.deleted:
+        pass
+    elif not current.in_transaction():
         return  # nothing was read or written: no transaction to end
+    elif not _database_has_writes(current):
+        return  # only read: the session's close at teardown ends it, as a commit would
     if succeeded or keep:
         session.commit()
     else:
         session.rollback()
+
+
+def _database_has_writes(current) -> bool:
+    """Whether the database holds uncommitted writes of this session's transaction. SQLite
+    (Python's sqlite3) and PostgreSQL here (portal.pg_transactions) both open one only
+    for a statement that writes or locks, so no open transaction means nothing to
+    commit — and the ORM's commit, the larger part of a read-only request's end, is
+    skipped. Any other driver: assume there is."""
+    driver = current.connection().connection.driver_connection
+    if isinstance(driver, sqlite3.Connection):
+        return driver.in_transaction
+    if pg_transactions.is_psycopg(driver):
+        return pg_transactions.has_open_transaction(driver)
+    return True
 
 
 def release() -> None:

@@ -4,8 +4,9 @@ service that calls keep_changes() keeps what it did although it fails."""
 from __future__ import annotations
 
 import pytest
-from flask import abort
-from sqlalchemy import event, select
+from flask import abort, has_request_context
+from sqlalchemy import event, select, update
+from sqlalchemy.orm import Session
 
 from portal.domain.errors import ConflictError, InvalidInputError
 from portal.extensions import db
@@ -104,3 +105,34 @@ def test_an_unflushed_object_is_committed_and_a_request_that_read_nothing_ends_n
         for target, name, fn in listen:
             event.remove(target, name, fn)
     assert stored_names() == ["Added, never flushed"]
+
+
+def test_a_request_that_only_read_is_not_committed_and_one_statement_that_wrote_is(
+        app, client, make):
+    """A read-only unit ends without the ORM's commit (the database, SQLite or
+    PostgreSQL here, opened no transaction for its reads); a single Core UPDATE, which
+    leaves nothing pending in the session, still makes it commit."""
+    department = make.department("QA Team")
+
+    def reads():
+        return db.session.scalar(select(Department.name))
+
+    def updates_only():
+        db.session.execute(update(Department).where(Department.id == department.id)
+                           .values(name="Renamed by one UPDATE"))
+        return "ok"
+
+    app.add_url_rule("/_uow/reads", "reads", reads)
+    app.add_url_rule("/_uow/updates_only", "updates_only", updates_only)
+    commits = []
+    # The requests' commits, not the test client's own before each request.
+    record = lambda session: has_request_context() and commits.append(session)  # noqa: E731
+    event.listen(Session, "after_commit", record)
+    try:
+        assert client.get("/_uow/reads").get_data(as_text=True) == "QA Team"
+        assert commits == []
+        assert client.get("/_uow/updates_only").status_code == 200
+        assert len(commits) == 1
+    finally:
+        event.remove(Session, "after_commit", record)
+    assert stored_names() == ["Renamed by one UPDATE"]
