@@ -10,7 +10,8 @@ machine.
 Here every pooled psycopg connection is in autocommit mode, and BEGIN is sent just
 before the first statement that needs a transaction: anything but a plain SELECT
 (INSERT, UPDATE, DELETE, SAVEPOINT, DDL, a SELECT … FOR UPDATE / FOR SHARE, one that
-calls an advisory-lock, notify or sequence function). From there on the transaction is
+calls an advisory-lock, notify or sequence function, a server-side cursor's DECLARE). From
+there on the transaction is
 what it always was, and SQLAlchemy's commit and rollback end it (psycopg sends COMMIT
 or ROLLBACK only when a transaction is open, so a request that only read sends neither).
 
@@ -20,7 +21,10 @@ project uses, every statement of a transaction takes a new snapshot anyway, and 
 SELECT takes no lock a transaction would keep; so what each statement sees, and every
 conditional UPDATE that settles a race, is unchanged. A connection given an isolation
 level of its own (`execution_options(isolation_level=…)`, e.g. the scheduler election's
-AUTOCOMMIT connection) is left as SQLAlchemy set it."""
+AUTOCOMMIT connection) is left as SQLAlchemy set it, and so is every connection of an
+engine or server at another level than READ COMMITTED (checked at a connection's first
+checkout), where the SELECTs before the first write belong in the transaction's
+snapshot."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -60,11 +64,32 @@ def has_open_transaction(driver) -> bool:
     return not driver.autocommit or driver.info.transaction_status != TransactionStatus.IDLE
 
 
+_LAZY = "portal.begin_when_needed"  # in a pooled connection's info: this applies to it
+
+
+def _is_read_committed(dbapi_connection) -> bool:
+    """Whether the connection, as SQLAlchemy set it up, runs at READ COMMITTED: no level
+    set on the engine (none on the driver, autocommit off) and the server's default.
+    At a stricter level the SELECTs before the first write would fall outside the
+    transaction's snapshot; an engine-wide AUTOCOMMIT is as asked."""
+    if dbapi_connection.autocommit or dbapi_connection.isolation_level is not None:
+        return False
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SHOW default_transaction_isolation")
+        level = cursor.fetchone()[0]
+    dbapi_connection.rollback()  # the SHOW opened a transaction
+    return level == "read committed"
+
+
 @event.listens_for(Pool, "checkout")
 def _autocommit_until_needed(dbapi_connection, connection_record, connection_proxy) -> None:
+    if not is_psycopg(dbapi_connection):
+        return
+    if _LAZY not in connection_record.info:  # its first checkout: the engine's level is set
+        connection_record.info[_LAZY] = _is_read_committed(dbapi_connection)
     # SQLAlchemy turns autocommit off again when it resets a connection that was given
     # an isolation level of its own; every checkout sets it back (no round trip).
-    if is_psycopg(dbapi_connection) and not dbapi_connection.autocommit \
+    if connection_record.info[_LAZY] and not dbapi_connection.autocommit \
             and dbapi_connection.info.transaction_status == TransactionStatus.IDLE:
         dbapi_connection.autocommit = True
 
@@ -75,8 +100,11 @@ def _begin_when_needed(conn, cursor, statement, parameters, context, executemany
     if not is_psycopg(driver) or not driver.autocommit \
             or driver.info.transaction_status != TransactionStatus.IDLE:
         return
-    if is_plain_read(statement):
-        return
+    if not conn.info.get(_LAZY):
+        return  # not ours to manage (see _check_isolation)
     if conn.get_execution_options().get("isolation_level") is not None:
         return  # an isolation level of its own (AUTOCOMMIT for the election): as set
+    if is_plain_read(statement) and not (
+            context is not None and context.execution_options.get("stream_results")):
+        return  # (a server-side cursor's DECLARE needs a transaction)
     driver.execute("BEGIN")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 
 from flask import Flask
+from sqlalchemy.exc import SQLAlchemyError
 
 from portal import pg_transactions
 from portal.extensions import db
@@ -37,7 +38,7 @@ def finish(succeeded: bool) -> None:
         pass
     elif not current.in_transaction():
         return  # nothing was read or written: no transaction to end
-    elif not _database_has_writes(current):
+    elif current.is_active and not _database_has_writes(current):
         return  # only read: the session's close at teardown ends it, as a commit would
     if succeeded or keep:
         session.commit()
@@ -50,8 +51,12 @@ def _database_has_writes(current) -> bool:
     (Python's sqlite3) and PostgreSQL here (portal.pg_transactions) both open one only
     for a statement that writes or locks, so no open transaction means nothing to
     commit — and the ORM's commit, the larger part of a read-only request's end, is
-    skipped. Any other driver: assume there is."""
-    driver = current.connection().connection.driver_connection
+    skipped. Any other driver, or a connection that failed: assume there is (and let the
+    commit or the rollback deal with it)."""
+    try:
+        driver = current.connection().connection.driver_connection
+    except SQLAlchemyError:
+        return True
     if isinstance(driver, sqlite3.Connection):
         return driver.in_transaction
     if pg_transactions.is_psycopg(driver):

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from factories import NOW
 from psycopg.pq import TransactionStatus
-from sqlalchemy import event, select, text, update
+from sqlalchemy import create_engine, event, select, text, update
 
 from portal.extensions import db
 from portal.models import Department
@@ -124,3 +124,26 @@ def test_an_agent_poll_sends_its_reads_outside_any_transaction(client, make):
     assert (first.status_code, response.status_code) == (200, 200)
     assert statuses and all(status == TransactionStatus.IDLE and verb == "SELECT"
                             for verb, status in statuses), statuses
+
+
+@pytestmark_pg
+def test_an_engine_at_a_stricter_isolation_level_begins_as_psycopg_does(app):
+    """At REPEATABLE READ the SELECTs before the first write belong in the transaction's
+    snapshot: such an engine's connections are left out of autocommit."""
+    engine = create_engine(db.engine.url, isolation_level="REPEATABLE READ")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            driver = conn.connection.driver_connection
+            assert driver.info.transaction_status == TransactionStatus.INTRANS
+    finally:
+        engine.dispose()
+
+
+@pytestmark_pg
+def test_a_server_side_cursor_is_declared_inside_a_transaction(app, make):
+    make.department("QA Team")
+    with db.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True).execute(
+            select(Department.name))
+        assert result.scalars().all() == ["QA Team"]

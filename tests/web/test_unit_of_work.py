@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from flask import abort, has_request_context
 from sqlalchemy import event, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from portal.domain.errors import ConflictError, InvalidInputError
@@ -136,3 +137,23 @@ def test_a_request_that_only_read_is_not_committed_and_one_statement_that_wrote_
     finally:
         event.remove(Session, "after_commit", record)
     assert stored_names() == ["Renamed by one UPDATE"]
+
+
+def test_a_failed_flush_the_view_caught_still_ends_in_a_rollback(app, client, make):
+    """A flush that failed leaves nothing pending in the session (SQLAlchemy expired what
+    it tried) and its transaction inactive: the unit rolls back and answers as the view
+    said, rather than failing again at the end."""
+    department = make.department("QA Team")
+
+    def fails_to_flush():
+        db.session.get(Department, department.id).name = None  # NOT NULL
+        try:
+            db.session.flush()
+        except IntegrityError:
+            return "refused", 409
+        return "flushed?", 200
+
+    app.add_url_rule("/_uow/fails_to_flush", "fails_to_flush", fails_to_flush)
+    response = client.get("/_uow/fails_to_flush")
+    assert (response.status_code, response.get_data(as_text=True)) == (409, "refused")
+    assert stored_names() == ["QA Team"]
