@@ -10,7 +10,7 @@ from portal.domain.errors import UnauthorizedError
 from portal.services import accounts
 
 
-def _bearer() -> str:
+def bearer_token() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -18,12 +18,16 @@ def _bearer() -> str:
     return token.strip()
 
 
+TOKEN_REFUSED = "The {kind} token is missing, unknown or revoked."
+DEVICE_TOKEN_REFUSED = TOKEN_REFUSED.format(kind="device")
+
+
 def _authenticated(kind: str, view):
     @wraps(view)
     def wrapper(*args, **kwargs):
-        found = accounts.find_token_owner(_bearer(), kind)
+        found = accounts.find_token_owner(bearer_token(), kind)
         if found is None:
-            raise UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
+            raise UnauthorizedError(TOKEN_REFUSED.format(kind=kind))
         owner, token = found
         setattr(g, f"api_{kind}", owner)
         response = view(*args, **kwargs)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from portal import clock, unit_of_work
-from portal.api.auth import device_token_required, user_token_required
+from portal.api.auth import (DEVICE_TOKEN_REFUSED, bearer_token, device_token_required,
+                             user_token_required)
 from portal.api.serializers import iso, prompt_object, request_object
 from portal.clock import request_now as utcnow
 from portal.domain import requests as rules
-from portal.domain.errors import BadRequestError
+from portal.domain.errors import BadRequestError, UnauthorizedError
 from portal.json_input import UnusableJSONError
-from portal.services import agents, decisions, requests as service
+from portal.services import accounts, agents, decisions, requests as service
 from portal.services.actors import Actor
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -132,13 +133,20 @@ def agent_state():
 
 
 @bp.get("/agent/prompts")
-@device_token_required
 def agent_prompts():
+    """The agent's poll: its token's check and everything it returns are one statement
+    (agents.read_poll), so the device token is checked there, not by
+    device_token_required — with the same answer for a missing, unknown or revoked one."""
     now = utcnow()
-    prompts, ends = agents.poll(device=g.api_device, actor=device_actor(), now=now)
-    return jsonify({"prompts": [prompt_object(req, now) for req in prompts],
+    poll = agents.read_poll(bearer_token(), now)
+    if poll is None:
+        raise UnauthorizedError(DEVICE_TOKEN_REFUSED)
+    g.api_device = poll.device
+    agents.note_prompts_shown(poll, device_actor(), now)
+    accounts.note_token_used(poll.token, now)
+    return jsonify({"prompts": [prompt_object(req, now) for req in poll.prompts],
                     "end_sessions": [{"id": session_id, "reason": reason}
-                                     for session_id, reason in ends]})
+                                     for session_id, reason in poll.end_sessions]})
 
 
 @bp.post(f"/agent/prompts/<{ID}:request_id>")

@@ -1,18 +1,21 @@
 """What a device's agent reports and asks: its state, its open prompts, remote sessions."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (Row, bindparam, func, insert, literal_column, null, select,
-                        update)
+from sqlalchemy import (Integer, Row, bindparam, cast, func, insert, literal_column, null,
+                        select, update)
 from sqlalchemy.exc import IntegrityError
 
 from portal.domain.requests import EndUserCheck, Status
 from portal.extensions import db
 from portal.domain.log_filters import session_people
-from portal.models import Device, RemoteSession, RemoteSessionPerson, SessionRequest, User
+from portal.models import (ApiToken, Device, RemoteSession, RemoteSessionPerson, SessionRequest,
+                           User)
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
-from portal.services import transitions
+from portal.services import crypto, transitions
+from portal.services.accounts import TokenUse
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 
@@ -45,61 +48,99 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
     db.session.flush()
 
 
-# Built once, as plain rows: every agent polls this every second or two. One statement
-# for both halves of the poll: the device's open prompts, then the sessions an approver
-# asked to end (UNION ALL; the second half's prompt columns are NULL, typed by the first).
-PROMPT_ROW, END_SESSION_ROW = 0, 1  # a row's "kind"
+# Built once, as plain rows: every agent polls this every second or two. The whole poll
+# is one statement, its token's check included (UNION ALL; a row's "kind" says which
+# part it is, and columns a part does not have are NULL, typed by the first part):
+# - the token's row: its device (id, department, name in the prompt_message column) and
+#   the token's id and last use, only for a live device token;
+# - the device's open prompts;
+# - its sessions an approver asked to end.
+PROMPT_ROW, END_SESSION_ROW, TOKEN_ROW = 0, 1, 2
 _NOTHING = null()
+_TOKEN = (ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None))
+_TOKENS_DEVICE = select(ApiToken.device_id).where(*_TOKEN).scalar_subquery()
 _POLL = (
     select(literal_column(str(PROMPT_ROW)).label("kind"), SessionRequest.id, SessionRequest.department_id,
            SessionRequest.prompt_shown_at, SessionRequest.prompt_message,
            SessionRequest.run_as, SessionRequest.reason, SessionRequest.end_user_deadline,
            SessionRequest.match_choices, User.email.label("technician"),
-           _NOTHING.label("end_reason"), SessionRequest.created_at.label("sort_at"))
+           _NOTHING.label("end_reason"), SessionRequest.created_at.label("sort_at"),
+           cast(_NOTHING, Integer).label("token_id"))  # typed: PostgreSQL's UNION
     .join(User, User.id == SessionRequest.technician_id)
-    .where(SessionRequest.device_id == bindparam("device_id"),
+    .where(SessionRequest.device_id == _TOKENS_DEVICE,
            SessionRequest.status == Status.PENDING.value,
            SessionRequest.end_user_check == EndUserCheck.PENDING.value,
            SessionRequest.end_user_deadline > bindparam("now"),
            SessionRequest.expires_at > bindparam("now"))
     .union_all(
         select(literal_column(str(END_SESSION_ROW)), RemoteSession.id, _NOTHING, _NOTHING, _NOTHING, _NOTHING,
-               _NOTHING, _NOTHING, _NOTHING, _NOTHING, RemoteSession.end_reason, _NOTHING)
-        .where(RemoteSession.device_id == bindparam("device_id"),
+               _NOTHING, _NOTHING, _NOTHING, _NOTHING, RemoteSession.end_reason, _NOTHING, _NOTHING)
+        .where(RemoteSession.device_id == _TOKENS_DEVICE,
                RemoteSession.end_requested_at.is_not(None),
-               RemoteSession.ended_at.is_(None)))
+               RemoteSession.ended_at.is_(None)),
+        select(literal_column(str(TOKEN_ROW)), Device.id, Device.department_id, ApiToken.last_used_at,
+               Device.name, _NOTHING, _NOTHING, _NOTHING, _NOTHING, _NOTHING, _NOTHING, _NOTHING,
+               ApiToken.id)
+        .join(ApiToken, ApiToken.device_id == Device.id)
+        .where(*_TOKEN))
     .order_by(literal_column("kind"), literal_column("sort_at"), literal_column("id")))
 
 
-def poll(*, device: Device, actor: Actor, now: datetime
-         ) -> tuple[list[Row], list[tuple[int, str | None]]]:
-    """What the agent's poll returns, in one query: this device's end-user prompts still
-    open now (created first, first) and (session id, reason) of its sessions whose end was
-    asked for and that have not ended. The first fetch of each prompt is recorded as
-    "prompt shown".
+@dataclass(frozen=True)
+class PolledDevice:
+    """The device whose token polled, as the poll read it."""
+    id: int
+    department_id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Poll:
+    device: PolledDevice
+    token: TokenUse
+    prompts: list[Row]  # the open prompts, created first, first
+    end_sessions: list[tuple[int, str | None]]  # (session id, reason)
+
+
+def read_poll(token: str, now: datetime) -> Poll | None:
+    """What the agent's poll returns, in one query: the device of a live device token
+    (None for a token unknown, revoked or a user's), its end-user prompts still open now
+    and its sessions whose end was asked for and that have not ended."""
+    rows = db.session.execute(_POLL, {"token_hash": crypto.keyed_hash(token),
+                                      "now": now}).all()
+    owner = next((row for row in rows if row.kind == TOKEN_ROW), None)
+    if owner is None:
+        return None
+    return Poll(device=PolledDevice(id=owner.id, department_id=owner.department_id,
+                                    name=owner.prompt_message),
+                token=TokenUse(owner.token_id, owner.prompt_shown_at),
+                prompts=[row for row in rows if row.kind == PROMPT_ROW],
+                end_sessions=[(row.id, row.end_reason) for row in rows
+                              if row.kind == END_SESSION_ROW])
+
+
+def note_prompts_shown(poll: Poll, actor: Actor, now: datetime) -> None:
+    """The first fetch of each prompt is recorded as "prompt shown".
 
     The "first fetch" marks are one conditional UPDATE … RETURNING over all of them, before
     any audit event is written: a poll never holds one request's row while waiting for
     the audit trail and then reaches for another's (which a decision on that other
     request, holding its row and wanting the trail, would make a deadlock)."""
-    rows = db.session.execute(_POLL, {"device_id": device.id, "now": now}).all()
-    prompts = [row for row in rows if row.kind == PROMPT_ROW]
-    end_sessions = [(row.id, row.end_reason) for row in rows if row.kind == END_SESSION_ROW]
-    unseen = [req.id for req in prompts if req.prompt_shown_at is None]
-    if unseen:
-        first = set(db.session.scalars(
-            update(SessionRequest)
-            .where(SessionRequest.id.in_(unseen), SessionRequest.prompt_shown_at.is_(None))
-            .values(prompt_shown_at=now)
-            .returning(SessionRequest.id)
-            .execution_options(synchronize_session=False)))
-        for req in prompts:
-            if req.id in first:
-                record_event(actor=actor, action="prompt.shown",
-                             target_type="session_request", target_id=req.id,
-                             department_id=req.department_id, now=now,
-                             details={"request_id": req.id, "device": device.name})
-    return prompts, end_sessions
+    unseen = [req.id for req in poll.prompts if req.prompt_shown_at is None]
+    if not unseen:
+        return
+    first = set(db.session.scalars(
+        update(SessionRequest)
+        .where(SessionRequest.id.in_(unseen), SessionRequest.prompt_shown_at.is_(None))
+        .values(prompt_shown_at=now)
+        .returning(SessionRequest.id)
+        .execution_options(synchronize_session=False)))
+    for req in poll.prompts:
+        if req.id in first:
+            record_event(actor=actor, action="prompt.shown",
+                         target_type="session_request", target_id=req.id,
+                         department_id=req.department_id, now=now,
+                         details={"request_id": req.id, "device": poll.device.name})
 
 
 MAX_ID = 2**31 - 1  # the id columns are 32-bit integers

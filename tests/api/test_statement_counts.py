@@ -34,13 +34,13 @@ CREATE_WITH_CONFIRMATION_BUDGET = 7
 FIRST_OPENING_BUDGET = 3
 # Measured 1: the link with all it shows. No write at all.
 LATER_OPENING_BUDGET = 1
-# Measured 2: the token with its device; one UNION ALL of the open prompts with their
-# technicians and the sessions an approver asked to end (`end_sessions` — issue 11 added
-# it: the agent learns "End session" on the poll it makes anyway; it was a third
-# statement until issue 8).
-PROMPTS_BUDGET = 3
-# Measured 3: as above, and the one UPDATE … RETURNING that marks the first fetch.
-PROMPTS_FIRST_FETCH_BUDGET = 4
+# Measured 1: one UNION ALL of the token's device (a live device token only), the open
+# prompts with their technicians and the sessions an approver asked to end
+# (`end_sessions` — issue 11 added it: the agent learns "End session" on the poll it
+# makes anyway). It was three statements until issue 8 made it two, then one.
+PROMPTS_BUDGET = 2
+# Measured 2: as above, and the one UPDATE … RETURNING that marks the first fetch.
+PROMPTS_FIRST_FETCH_BUDGET = 3
 
 CREATE = "/api/v1/session-requests"
 PROMPTS = "/api/v1/agent/prompts"

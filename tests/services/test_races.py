@@ -253,6 +253,10 @@ def test_a_prompt_poll_and_a_decision_never_deadlock(app, qa):
     orders — poll: request 1, audit trail, request 2; decision: request 2, audit trail —
     PostgreSQL finds a deadlock and one of them fails. Both must take the request rows
     first, then the trail."""
+    token = accounts.create_device_token(
+        device=db.session.scalar(select(Device).where(Device.name == DEVICE)), actor=CLI,
+        now=NOW)
+    db.session.commit()
     for round_ in range(ROUNDS):
         created = NOW + timedelta(minutes=round_)
         ids = [new_request(created + timedelta(milliseconds=i))[0] for i in range(5)]
@@ -260,12 +264,10 @@ def test_a_prompt_poll_and_a_decision_never_deadlock(app, qa):
         shown: list = []
 
         def poll():
-            device = db.session.scalar(select(Device).where(Device.name == DEVICE))
-
             def act():
-                prompts, _end_sessions = agents.poll(
-                    device=device, actor=Actor(label=f"device:{DEVICE}"), now=at)
-                shown.extend(r.id for r in prompts)
+                polled = agents.read_poll(token, at)
+                agents.note_prompts_shown(polled, Actor(label=f"device:{DEVICE}"), at)
+                shown.extend(r.id for r in polled.prompts)
             return act
 
         def decide():
