@@ -10,10 +10,10 @@ machine.
 Here every pooled psycopg connection is in autocommit mode, and BEGIN is sent just
 before the first statement that needs a transaction: anything but a plain SELECT
 (INSERT, UPDATE, DELETE, SAVEPOINT, DDL, a SELECT … FOR UPDATE / FOR SHARE, one that
-calls an advisory-lock, notify or sequence function, a server-side cursor's DECLARE). From
-there on the transaction is
-what it always was, and SQLAlchemy's commit and rollback end it (psycopg sends COMMIT
-or ROLLBACK only when a transaction is open, so a request that only read sends neither).
+calls an advisory-lock, notify or sequence function, a server-side cursor's DECLARE).
+From there on the transaction is what it always was, and SQLAlchemy's commit and
+rollback end it (psycopg sends COMMIT or ROLLBACK only when a transaction is open, so a
+request that only read sends neither).
 
 What this changes: the plain SELECTs before a transaction's first write each run on
 their own, not inside it. Under READ COMMITTED, PostgreSQL's default and the one this
@@ -29,12 +29,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
-
-import psycopg
-from psycopg.pq import TransactionStatus
 
 # Functions a SELECT may call whose effect lasts until the transaction ends, or that
 # must not run outside one.
@@ -101,7 +100,7 @@ def _begin_when_needed(conn, cursor, statement, parameters, context, executemany
             or driver.info.transaction_status != TransactionStatus.IDLE:
         return
     if not conn.info.get(_LAZY):
-        return  # not ours to manage (see _check_isolation)
+        return  # not at READ COMMITTED (see _is_read_committed): as psycopg does
     if conn.get_execution_options().get("isolation_level") is not None:
         return  # an isolation level of its own (AUTOCOMMIT for the election): as set
     if is_plain_read(statement) and not (

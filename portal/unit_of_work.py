@@ -34,12 +34,11 @@ def finish(succeeded: bool) -> None:
     session = db.session
     keep = session.info.pop(_KEEP, False)
     current = session()  # the request's Session (the scoped proxy lacks in_transaction)
-    if current.new or current.dirty or current.deleted:
-        pass
-    elif not current.in_transaction():
-        return  # nothing was read or written: no transaction to end
-    elif current.is_active and not _database_has_writes(current):
-        return  # only read: the session's close at teardown ends it, as a commit would
+    if not (current.new or current.dirty or current.deleted):
+        if not current.in_transaction():
+            return  # nothing was read or written: no transaction to end
+        if current.is_active and not _database_has_writes(current):
+            return  # only read: the session's close at teardown ends it, as a commit would
     if succeeded or keep:
         session.commit()
     else:

@@ -18,8 +18,9 @@ def bearer_token() -> str:
     return token.strip()
 
 
-TOKEN_REFUSED = "The {kind} token is missing, unknown or revoked."
-DEVICE_TOKEN_REFUSED = TOKEN_REFUSED.format(kind="device")
+def refused(kind: str) -> UnauthorizedError:
+    """The one answer for a missing, unknown, revoked or other kind's token."""
+    return UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
 
 
 def _authenticated(kind: str, view):
@@ -27,7 +28,7 @@ def _authenticated(kind: str, view):
     def wrapper(*args, **kwargs):
         found = accounts.find_token_owner(bearer_token(), kind)
         if found is None:
-            raise UnauthorizedError(TOKEN_REFUSED.format(kind=kind))
+            raise refused(kind)
         owner, token = found
         setattr(g, f"api_{kind}", owner)
         response = view(*args, **kwargs)

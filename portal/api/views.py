@@ -5,12 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
 from portal import clock, unit_of_work
-from portal.api.auth import (DEVICE_TOKEN_REFUSED, bearer_token, device_token_required,
-                             user_token_required)
+from portal.api.auth import bearer_token, device_token_required, refused, user_token_required
 from portal.api.serializers import iso, prompt_object, request_object
 from portal.clock import request_now as utcnow
 from portal.domain import requests as rules
-from portal.domain.errors import BadRequestError, UnauthorizedError
+from portal.domain.errors import BadRequestError
 from portal.json_input import UnusableJSONError
 from portal.services import accounts, agents, decisions, requests as service
 from portal.services.actors import Actor
@@ -140,7 +139,7 @@ def agent_prompts():
     now = utcnow()
     poll = agents.read_poll(bearer_token(), now)
     if poll is None:
-        raise UnauthorizedError(DEVICE_TOKEN_REFUSED)
+        raise refused("device")
     g.api_device = poll.device
     agents.note_prompts_shown(poll, device_actor(), now)
     accounts.note_token_used(poll.token, now)

@@ -309,11 +309,15 @@ class TokenUse:
     last_used_at: datetime | None
 
 
+# The conditions of a live token, its hash the parameter "token_hash" (the agent's poll
+# checks its token inside its own statement with them too).
+LIVE_TOKEN = (ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None))
+
+
 def _live_owner(model, owner_id):
     return (select(model, ApiToken.id, ApiToken.last_used_at)
             .join(ApiToken, owner_id == model.id)
-            .where(ApiToken.token_hash == bindparam("token_hash"),
-                   ApiToken.revoked_at.is_(None)))
+            .where(*LIVE_TOKEN))
 
 
 _LIVE_OWNER = {"user": _live_owner(User, ApiToken.user_id).where(User.is_enabled),

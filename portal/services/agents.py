@@ -15,7 +15,7 @@ from portal.models import (ApiToken, Device, RemoteSession, RemoteSessionPerson,
                            User)
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError
 from portal.services import crypto, transitions
-from portal.services.accounts import TokenUse
+from portal.services.accounts import LIVE_TOKEN, TokenUse
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 
@@ -57,8 +57,7 @@ def update_state(*, device: Device, locked, logged_in_user, actor: Actor,
 # - its sessions an approver asked to end.
 PROMPT_ROW, END_SESSION_ROW, TOKEN_ROW = 0, 1, 2
 _NOTHING = null()
-_TOKEN = (ApiToken.token_hash == bindparam("token_hash"), ApiToken.revoked_at.is_(None))
-_TOKENS_DEVICE = select(ApiToken.device_id).where(*_TOKEN).scalar_subquery()
+_TOKENS_DEVICE = select(ApiToken.device_id).where(*LIVE_TOKEN).scalar_subquery()
 _POLL = (
     select(literal_column(str(PROMPT_ROW)).label("kind"), SessionRequest.id, SessionRequest.department_id,
            SessionRequest.prompt_shown_at, SessionRequest.prompt_message,
@@ -82,7 +81,7 @@ _POLL = (
                Device.name, _NOTHING, _NOTHING, _NOTHING, _NOTHING, _NOTHING, _NOTHING, _NOTHING,
                ApiToken.id)
         .join(ApiToken, ApiToken.device_id == Device.id)
-        .where(*_TOKEN))
+        .where(*LIVE_TOKEN))
     .order_by(literal_column("kind"), literal_column("sort_at"), literal_column("id")))
 
 
