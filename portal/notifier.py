@@ -4,10 +4,12 @@ Publishing is one hook on every ORM session, so no service has to remember it:
 
 - `after_flush` notes the SessionRequest rows inserted, updated or deleted through the
   unit of work, and every OutboxMessage inserted;
-- `do_orm_execute` notes the rows a bulk `update(SessionRequest)` changed — the ids in
-  its WHERE (`id == …` or `id IN …` among its AND terms) when it changed any row, or the
-  ids it RETURNs — so decisions' conditional UPDATEs and the expiry sweep need no call
-  of their own. A bulk update whose ids can't be told wakes every waiter (who re-read).
+- `do_orm_execute` notes every INSERT into the outbox (of the model or of its table), and
+  the rows a bulk UPDATE of session_requests changed — the ids in its WHERE (`id == …`
+  or `id IN …` among its AND terms) when it changed any row, or the ids it RETURNs — so
+  decisions' conditional UPDATEs and the expiry sweep need no call of their own. A bulk
+  update whose ids can't be told wakes every waiter (who re-read). A new session request
+  wakes nobody: nobody can be waiting on it yet.
 - At COMMIT, on PostgreSQL one `SELECT pg_notify(…)` is sent inside the transaction, so
   the database delivers it only if the commit succeeds, to every process LISTENing; on
   SQLite the process's own waiters are woken from `after_commit`. A rollback drops what
@@ -45,6 +47,7 @@ from portal.waiters import (EVERY, LISTENER_NAME, OUTBOX_CHANNEL, REQUEST_CHANNE
 
 PAYLOAD_BYTES = 7000  # NOTIFY payloads must stay under 8000 bytes
 _NOTED = "portal.notifier.noted"
+_OUTBOX_TABLE, _REQUESTS_TABLE = OutboxMessage.__tablename__, SessionRequest.__tablename__
 
 
 # --- publishing ------------------------------------------------------------------------
@@ -113,12 +116,13 @@ def _returned_id_position(statement) -> int | None:
 def _on_orm_execute(state: ORMExecuteState):
     if not (state.is_update or state.is_insert or state.is_delete):
         return None
-    mapper = state.bind_mapper
-    cls = mapper.class_ if mapper is not None else None
-    if cls is OutboxMessage and state.is_insert:
+    # The table written, whether the statement names the model (ORM-enabled) or its
+    # table (Core, as the create's INSERTs do).
+    written = getattr(getattr(state.statement, "table", None), "name", None)
+    if written == _OUTBOX_TABLE and state.is_insert:
         _noted(state.session).outbox = True
         return None
-    if cls is not SessionRequest or state.is_insert:
+    if written != _REQUESTS_TABLE or state.is_insert:
         return None
     statement = state.statement
     position = _returned_id_position(statement)

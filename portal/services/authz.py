@@ -3,7 +3,7 @@ hold where, and whether those allow an action. 403 before 404, so ids of other
 departments can't be probed."""
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from portal.domain.errors import ForbiddenError, NotFoundError
 from portal.domain.permissions import ADMIN, Action, may, roles_allowed
@@ -51,6 +51,22 @@ def require(user: User, action: Action | str, department_id: int | None = None,
                else can_anywhere(user, action))
     if not allowed:
         raise ForbiddenError(message)
+
+
+def may_column(user_id, action: Action | str, department_id):
+    """A SQL truth value: whether the user `user_id` (a column or a bound parameter) holds
+    a role in department `department_id` that allows `action` — `can` for a non-admin,
+    as a column of the caller's own query instead of a query of its own."""
+    return select(Membership.id).where(
+        Membership.user_id == user_id, Membership.department_id == department_id,
+        or_(*(Membership.role == role for role in roles_allowed(action)))).exists()
+
+
+def can_with(user: User, action: Action | str, has_role: bool) -> bool:
+    """`can`, given what may_column read for the user in the department."""
+    if not getattr(user, "is_authenticated", False):
+        return False
+    return (user.is_admin and may({ADMIN}, action)) or bool(has_role)
 
 
 def department_ids_where(user: User, action: Action | str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, select
@@ -27,7 +28,7 @@ from portal.models import (
     SessionRequest,
     User,
 )
-from portal.services import approvals, authz, crypto, mail, preapprovals
+from portal.services import approvals, authz, crypto, inserted, mail, preapprovals
 from portal.services.actors import Actor
 from portal.services.audit import record_event, record_events
 
@@ -76,7 +77,8 @@ def _requested_device_query():
     technician_id, now = bindparam("technician_id"), bindparam("now")
     return (select(Device, is_device_excluded, excluded_group,
                    approvals.cooldown_subquery(technician_id, now),
-                   *preapprovals.live_columns(technician_id, now))
+                   *preapprovals.live_columns(technician_id, now),
+                   authz.may_column(technician_id, Action.REQUEST, Device.department_id))
             .where(Device.name == bindparam("name"))
             .options(joinedload(Device.department).joinedload(Department.settings)))
 
@@ -88,16 +90,18 @@ _REQUESTED_DEVICE = _requested_device_query()
 
 def _requested_device(name: str, technician: User, now: datetime
                       ) -> tuple[Device, str | None, datetime | None, str | None] | None:
-    """The device by name with what the policy reads about it, in one query: its
-    department's settings (eager), why it is excluded from session confirmation, if it
-    is (its own exclusion, or its group's), until when a report keeps this technician
-    off it, if one does, and this technician's live pre-approval on it, if any (as its
-    decision reason)."""
+    """The device by name, if the technician may ask for it, with what the policy reads
+    about it, in one query: its department's settings (eager), why it is excluded from
+    session confirmation, if it is (its own exclusion, or its group's), until when a
+    report keeps this technician off it, if one does, and this technician's live
+    pre-approval on it, if any (as its decision reason)."""
     row = db.session.execute(_REQUESTED_DEVICE, {"name": name, "technician_id": technician.id,
                                                  "now": now}).first()
     if row is None:
         return None
-    device, device_excluded, group_name, cooldown_until, granted_by, until = row
+    device, device_excluded, group_name, cooldown_until, granted_by, until, has_role = row
+    if not authz.can_with(technician, Action.REQUEST, has_role):
+        return None
     pre_approval = preapproval_rules.decision_reason(granted_by, until) \
         if granted_by is not None and until is not None else None
     if device_excluded:
@@ -128,7 +132,7 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
     run_as = clean_text(run_as, "run_as", MAX_RUN_AS)
     reason = clean_text(reason, "reason", MAX_REASON)
     found = _requested_device(device_name.strip(), technician, now)
-    if found is None or not authz.can(technician, Action.REQUEST, found[0].department_id):
+    if found is None:
         raise NotFoundError("No such device in your departments.")
     device, exclusion, cooldown_until, pre_approval = found
     settings = device.department.settings
@@ -151,9 +155,10 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         ),
         now,
     )
-    req = SessionRequest(
-        device=device, department=device.department, technician=technician,
-        run_as=run_as, reason=reason, status=plan.status.value, created_at=now,
+    values = dict(
+        device_id=device.id, department_id=device.department_id,
+        technician_id=technician.id, run_as=run_as, reason=reason,
+        status=plan.status.value, created_at=now,
         expires_at=plan.expires_at, decided_at=plan.decided_at, decided_by=plan.decided_by,
         decision_reason=plan.decision_reason, end_user_check=plan.end_user.value,
         end_user_deadline=plan.end_user_deadline, email_check=plan.email.value,
@@ -162,21 +167,27 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
         approvals_required=settings.approvals_required,
     )
     if plan.status is Status.PENDING and settings.is_number_matching_required:
-        req.match_number, choices = approval_rules.new_match()
-        req.match_choices = approval_rules.format_choices(choices)
+        values["match_number"], choices = approval_rules.new_match()
+        values["match_choices"] = approval_rules.format_choices(choices)
     if plan.email is EmailCheck.PENDING:  # the approvers are asked now: escalation next
-        req.chain_due_at = chain_rules.escalation_due(
+        values["chain_due_at"] = chain_rules.escalation_due(
             mailed_at=now, escalate_after_seconds=settings.escalate_after_seconds,
             escalation_addresses=settings.escalation_addresses, expires_at=plan.expires_at)
         if plan.is_fallback_now:
-            req.fallback_mailed_at = now
+            values["fallback_mailed_at"] = now
     else:  # the fallback, when the email check waits for the end user's deadline
-        req.chain_due_at = plan.fallback_due_at
-    db.session.add(req)
-    db.session.flush()  # its id, which the links, the emails and the audit events carry
-    # The links and their emails first, then every audit event (one INSERT).
-    asked = ask_approvers(req, settings.recipients, settings=settings, now=now,
-                          base_url=base_url) if plan.email is EmailCheck.PENDING else []
+        values["chain_due_at"] = plan.fallback_due_at
+    req = inserted.unsaved(SessionRequest, values, device=device,
+                           department=device.department, technician=technician)
+    # What needs no database first — the links' tokens and hashes, their emails rendered —
+    # so that the writes (on SQLite, the time the database's write lock is held) are the
+    # INSERTs back to back: the request (its id back at once, no flush: nobody can be
+    # waiting on a request that did not exist), its links, their emails, then every
+    # audit event.
+    asking = Asking.of(req, settings.recipients, settings=settings, now=now,
+                       base_url=base_url) if plan.email is EmailCheck.PENDING else None
+    inserted.insert(req)
+    asked = asking.write(req.id) if asking is not None else []
     events = [request_event(req, "request.created", actor, now, technician=technician.email,
                             run_as=run_as, reason=reason, end_user=plan.end_user.value,
                             email=plan.email.value, expires_at=plan.expires_at.isoformat())]
@@ -194,22 +205,47 @@ def create_session_request(*, technician: User, device_name, run_as=None, reason
     return req
 
 
+# Core, not the ORM's bulk INSERT: no objects are involved, and its set-up cost more
+# than the statement.
+_INSERT_LINKS = insert(ApprovalLink.__table__)
+
+
+@dataclass(frozen=True)
+class Asking:
+    """"Check Request" links for some addresses, made ready to write: their tokens'
+    hashes (each link under today's sign-in rule) and their emails, rendered once."""
+    links: list[dict]
+    emails: list[dict]
+    recipients: list[str]
+
+    @classmethod
+    def of(cls, req: SessionRequest, addresses: list[str], *, settings, now: datetime,
+           base_url: str, is_escalation: bool = False) -> Asking:
+        tokens = [(recipient, crypto.new_token()) for recipient in addresses]
+        return cls(
+            links=[{"recipient_email": recipient, "token_hash": crypto.keyed_hash(token),
+                    "created_at": now,
+                    "is_sign_in_required": settings.is_sign_in_required_to_decide}
+                   for recipient, token in tokens],
+            emails=mail.approval_emails(req=req, links=tokens, base_url=base_url, now=now,
+                                        is_escalation=is_escalation),
+            recipients=[recipient for recipient, _token in tokens])
+
+    def write(self, request_id: int) -> list[str]:
+        """The links in one INSERT, their emails in another; the addresses mailed."""
+        if self.links:
+            db.session.execute(_INSERT_LINKS, [{**link, "request_id": request_id}
+                                               for link in self.links])
+            mail.queue_emails(self.emails, request_id)
+        return self.recipients
+
+
 def ask_approvers(req: SessionRequest, addresses: list[str], *, settings, now: datetime,
                   base_url: str, is_escalation: bool = False) -> list[str]:
-    """Mail `addresses` a "Check Request" link each: the links in one INSERT (under
-    today's sign-in rule), their emails (rendered once) in another. The addresses mailed;
+    """Mail `addresses` a "Check Request" link each (see Asking). The addresses mailed;
     the caller records them (audit_queued) after its own events."""
-    links = [(recipient, crypto.new_token()) for recipient in addresses]
-    if not links:
-        return []
-    db.session.execute(insert(ApprovalLink), [{
-        "request_id": req.id, "recipient_email": recipient,
-        "token_hash": crypto.keyed_hash(token), "created_at": now,
-        "is_sign_in_required": settings.is_sign_in_required_to_decide,
-    } for recipient, token in links])
-    mail.queue_approval_emails(req=req, links=links, base_url=base_url, now=now,
-                               is_escalation=is_escalation)
-    return [recipient for recipient, _token in links]
+    return Asking.of(req, addresses, settings=settings, now=now, base_url=base_url,
+                     is_escalation=is_escalation).write(req.id)
 
 
 def audit_queued(req: SessionRequest, recipients: list[str], actor: Actor,

@@ -172,6 +172,29 @@ def test_an_unknown_or_foreign_device_is_404(client, w, device):
     assert count_requests() == 0
 
 
+@pytest.mark.parametrize("role", ["approver", "auditor", "department_admin"])
+def test_a_member_who_may_not_ask_for_sessions_there_gets_404(client, w, make, role):
+    user = make.user(f"{role}-only@example.com", role, w.qa)
+    token = accounts.create_user_token(user=user, actor=CLI, now=utcnow())
+    db.session.commit()
+    response = client.post(URL, json={"device": w.device.name}, headers=bearer(token))
+    assert_error(response, 404)
+    assert count_requests() == 0
+
+
+def test_a_technician_elsewhere_gets_404_and_an_admin_may_ask_anywhere(client, w, make):
+    make.user("tech@example.com", "technician", w.support)  # a technician of both now
+    assert ask(client, w, device=w.foreign.name).status_code == 201
+    admin = make.user("root@example.com", "admin")
+    token = accounts.create_user_token(user=admin, actor=CLI, now=utcnow())
+    db.session.commit()
+    response = client.post(URL, json={"device": w.foreign.name}, headers=bearer(token))
+    assert response.status_code == 201
+    assert response.get_json()["technician"] == "root@example.com"
+    assert_error(client.post(URL, json={"device": w.foreign.name},
+                             headers=bearer(w.tech2_token)), 404)
+
+
 def test_a_body_over_64_kib_is_413(client, w):
     body = json.dumps({"device": w.device.name, "reason": "x" * (64 * 1024)})
     response = client.post(URL, data=body, content_type="application/json",
