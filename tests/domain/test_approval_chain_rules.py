@@ -134,3 +134,19 @@ def test_escalation_addresses_are_recipients_for_the_link_rules(email, current):
 def test_which_step_a_due_request_takes():
     assert chain.step_kind("waiting") == chain.FALLBACK
     assert chain.step_kind("pending") == chain.ESCALATION
+
+
+def test_a_reading_as_a_templates_context_keeps_its_values_as_they_are():
+    from dataclasses import fields
+
+    from portal.domain.approvals import Tally
+
+    tally = Tally(2, 1, ("ann@example.com",))
+    reading = read_request(status="pending", expires_at=NOW + 100 * S, end_user="pending",
+                           email="pending", end_user_deadline=NOW + 50 * S,
+                           email_deadline=NOW + 100 * S, decided_at=None, decided_by=None,
+                           now=NOW, tally=tally)
+    context = reading.as_context()
+    assert list(context) == [field.name for field in fields(reading)]
+    assert context["approvals"] is tally and not context["approvals"].is_reached
+    assert context["status"] is Status.PENDING and context["seconds_left"] == 100

@@ -6,8 +6,6 @@ stricter of the link's own rule and today's setting — the signed-in recipient.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
@@ -47,7 +45,7 @@ def _context(link, now, **extra):
                  "is_own_request": otp_requests.is_own(ask, signed_in, link.recipient_email)}
     else:
         req = link.request
-        shown = {"req": req, **asdict(service.reading(req, now)),
+        shown = {"req": req, **service.reading(req, now).as_context(),
                  "has_counted": approvals.has_counted(req, link.recipient_email),
                  "preapproval_hours": preapprovals.offered_for(req),
                  "is_link_current": decisions.is_link_current(link),

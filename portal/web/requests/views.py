@@ -1,8 +1,6 @@
 """Technicians: connect, wait, see the outcome. Approvers: the live pending list."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from flask import (Blueprint, current_app, flash, make_response, render_template, request,
                    url_for)
 from flask_login import current_user, login_required
@@ -81,7 +79,7 @@ def connect():
 def _status_context(req, now):
     """`timeline_url`: once the request is over, its timeline, for a viewer who may read
     it (not worked out on every poll while it is pending)."""
-    reading = asdict(service.reading(req, now))
+    reading = service.reading(req, now).as_context()
     timeline_url = None
     if reading["status"] != "pending" and timelines.may_read_request_timeline(current_user,
                                                                              req):
