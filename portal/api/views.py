@@ -9,7 +9,7 @@ from portal.api.auth import bearer_token, device_token_required, refused, user_t
 from portal.api.serializers import iso, prompt_object, request_object
 from portal.clock import request_now as utcnow
 from portal.domain import requests as rules
-from portal.domain.errors import BadRequestError
+from portal.domain.errors import BadRequestError, InvalidInputError
 from portal.json_input import UnusableJSONError
 from portal.services import accounts, agents, decisions, requests as service
 from portal.services.actors import Actor
@@ -61,18 +61,33 @@ def device_actor() -> Actor:
 
 
 @bp.post("/session-requests")
-@user_token_required
 def create_session_request():
-    data = body()
-    device = data.get("device")
-    if not isinstance(device, str):
-        raise BadRequestError("“device” (the device's name) is required and must be a string.")
+    """The token's check is part of the device's query (requests.find_requester), so it is
+    made here rather than by user_token_required, with its answer: a bad token is told
+    first, before anything about the body."""
+    token = bearer_token()
+    try:
+        data = body()
+        device = data.get("device")
+        if not isinstance(device, str):
+            raise BadRequestError("“device” (the device's name) is required and must be a "
+                                  "string.")
+        device, run_as, reason = service.checked_input(
+            device, optional_string(data, "run_as"), optional_string(data, "reason"))
+    except (BadRequestError, InvalidInputError):
+        if accounts.find_token_owner(token, "user") is None:
+            raise refused("user") from None
+        raise
     now = utcnow()
+    requester = service.find_requester(token, device, now)
+    if requester is None:
+        raise refused("user")
+    g.api_user = requester.technician
     req = service.create_session_request(
-        technician=g.api_user, device_name=device, run_as=optional_string(data, "run_as"),
-        reason=optional_string(data, "reason"), actor=user_actor(), now=now,
-        base_url=current_app.config["BASE_URL"],
-        user_agent=request.headers.get("User-Agent", ""))
+        technician=requester.technician, device_name=device, run_as=run_as, reason=reason,
+        actor=user_actor(), now=now, base_url=current_app.config["BASE_URL"],
+        user_agent=request.headers.get("User-Agent", ""), requester=requester)
+    accounts.note_token_used(requester.token, now)
     response = jsonify(request_object(req, now))
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_session_request", request_id=req.id)

@@ -133,6 +133,32 @@ def test_no_bad_revoked_or_device_token_is_401(client, w, headers, method):
     assert db.session.get(SessionRequest, req.id).status == "approved"
 
 
+@pytest.mark.parametrize("data", [
+    "{not json", '{"device": 5}', '{"device": "   "}', '{"device": "WIN", "run_as": "a\\nb"}',
+    '{"device": "NO-SUCH-PC"}'])
+@pytest.mark.parametrize("token", ["unknown", "revoked", "device"])
+def test_a_bad_token_is_told_before_anything_about_the_body(client, w, data, token):
+    """A create checks its token in the device's query, after reading the body; a bad
+    body (400, 422) or an unknown device (404) still answers 401 for a bad token."""
+    if token == "revoked":
+        _revoke(w.tech_token)
+    headers = bearer({"unknown": "not-a-token", "revoked": w.tech_token,
+                      "device": w.device_token}[token])
+    response = client.post(URL, data=data, content_type="application/json",
+                           headers=headers)
+    assert assert_error(response, 401)["code"] == "unauthorized"
+    assert count_requests() == 0
+
+
+def test_a_create_records_its_tokens_use(client, w):
+    db.session.execute(update(ApiToken).values(last_used_at=None))
+    db.session.commit()
+    assert ask(client, w).status_code == 201
+    last_used = db.session.scalar(select(ApiToken.last_used_at)
+                                  .where(ApiToken.id == accounts.find_token(w.tech_token).id))
+    assert last_used is not None and utcnow() - last_used < timedelta(seconds=5)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ HOT_STATEMENTS = {
     "open prompts and end requests (agent poll)": agents._POLL,
     "approval link with its request": decisions._LINK,
     "requested device with its policy": requests._REQUESTED_DEVICE,
+    "API token's technician with the requested device": requests._REQUESTER,
 }
 
 
