@@ -7,7 +7,7 @@ import re
 import unicodedata
 from datetime import datetime
 
-from flask import current_app, render_template
+from flask import current_app
 from sqlalchemy import insert, select
 
 from portal.domain import otp as otp_rules
@@ -40,6 +40,15 @@ def one_line(text: str | None) -> str:
     return " ".join(spaced.split())
 
 
+def render_email(template: str, context: dict) -> str:
+    """An email's template rendered with its own context alone. Not Flask's
+    render_template: an email shows nothing of the page's request (who is signed in, the
+    navigation), so the app's context processors and the template signals are skipped
+    (a fifth of rendering an approval email's pair, 0.02 ms a create). The app's Jinja
+    environment all the same: its autoescaping of .html, its filters."""
+    return current_app.jinja_env.get_template(f"emails/{template}").render(context)
+
+
 def queue_message(*, recipient: str, subject: str, template: str, context: dict,
                   department_id: int, now: datetime, **about) -> OutboxMessage:
     """Write an email to the outbox (delivered by the job). `template` names the pair
@@ -47,8 +56,8 @@ def queue_message(*, recipient: str, subject: str, template: str, context: dict,
     otp_request_id, otp_id)."""
     message = OutboxMessage(
         department_id=department_id, recipient=recipient, subject=subject,
-        body_text=render_template(f"emails/{template}.txt", **context),
-        body_html=render_template(f"emails/{template}.html", **context),
+        body_text=render_email(f"{template}.txt", context),
+        body_html=render_email(f"{template}.html", context),
         status="pending", attempts=0, next_attempt_at=now, created_at=now, **about)
     db.session.add(message)
     db.session.flush()
@@ -82,8 +91,8 @@ def approval_emails(*, req: SessionRequest, links: list[tuple[str, str]], base_u
     context = {"req": req, "reason": one_line(req.reason), "is_escalation": is_escalation,
                **link_context(token=stand_in, base_url=base_url, expires_at=req.expires_at,
                               now=now)}
-    body_text = render_template("emails/approval_request.txt", **context)
-    body_html = render_template("emails/approval_request.html", **context)
+    body_text = render_email("approval_request.txt", context)
+    body_html = render_email("approval_request.html", context)
     subject = (f"Escalated: remote session request for {req.device.name}" if is_escalation
                else f"Remote session request for {req.device.name}")
     return [{
