@@ -23,10 +23,10 @@ def refused(kind: str) -> UnauthorizedError:
     return UnauthorizedError(f"The {kind} token is missing, unknown or revoked.")
 
 
-def _authenticated(kind: str, view):
+def _authenticated(kind: str, view, *, with_settings: bool = False):
     @wraps(view)
     def wrapper(*args, **kwargs):
-        found = accounts.find_token_owner(bearer_token(), kind)
+        found = accounts.find_token_owner(bearer_token(), kind, with_settings=with_settings)
         if found is None:
             raise refused(kind)
         owner, token = found
@@ -44,3 +44,9 @@ def user_token_required(view):
 
 def device_token_required(view):
     return _authenticated("device", view)
+
+
+def device_token_with_settings_required(view):
+    """device_token_required, the device's department's settings read with the token (in
+    the session's identity map: otp.settings_of then sends no statement)."""
+    return _authenticated("device", view, with_settings=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import current_app, g, jsonify
 
-from portal.api.auth import device_token_required
+from portal.api.auth import device_token_required, device_token_with_settings_required
 from portal.api.serializers import iso
 from portal.api.views import ID, body, bp, device_actor
 from portal.clock import request_now
@@ -56,7 +56,7 @@ def agent_otp_request_status(request_id: int):
 
 
 @bp.post("/agent/otp/verify")
-@device_token_required
+@device_token_with_settings_required
 def agent_otp_verify():
     data = body()
     fields = {key: _string(data, key, required=True)

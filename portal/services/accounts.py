@@ -9,10 +9,19 @@ from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.extensions import db
 from portal.domain.permissions import ALL_ROLES
-from portal.models import ApiToken, Department, Device, LoginSession, Membership, User
+from portal.models import (
+    ApiToken,
+    Department,
+    DepartmentSettings,
+    Device,
+    LoginSession,
+    Membership,
+    User,
+)
 from portal.services import crypto, passwords, throttle
 from portal.services.actors import Actor
 from portal.services.audit import record_event
@@ -324,13 +333,30 @@ _LIVE_OWNER = {"user": _live_owner(User, ApiToken.user_id).where(User.is_enabled
                "device": _live_owner(Device, ApiToken.device_id)}
 
 
-def find_token_owner(token: str, kind: str) -> tuple[User | Device, TokenUse] | None:
+# A device token's device with its department's settings as a second entity of the row,
+# set as the device's `department_settings` (so the device holds them: the session's
+# identity map alone holds objects weakly). For an agent call that reads the settings
+# first thing (the one-time password check). An outer join: the token's check does not
+# depend on them.
+_LIVE_DEVICE_WITH_SETTINGS = (
+    _LIVE_OWNER["device"].add_columns(DepartmentSettings)
+    .outerjoin(DepartmentSettings, DepartmentSettings.department_id == Device.department_id))
+
+
+def find_token_owner(token: str, kind: str, *, with_settings: bool = False
+                     ) -> tuple[User | Device, TokenUse] | None:
     """The enabled user (kind "user") or the device (kind "device") a live token belongs
     to, and the token's use; None for a token unknown, revoked or of the other kind. One
-    query loading one row: every API call starts with it."""
-    row = db.session.execute(_LIVE_OWNER[kind],
-                             {"token_hash": crypto.keyed_hash(token)}).first()
-    return None if row is None else (row[0], TokenUse(row.id, row.last_used_at))
+    query loading one row: every API call starts with it. `with_settings` (devices):
+    the device's department's settings are loaded by the same statement."""
+    query = _LIVE_DEVICE_WITH_SETTINGS if with_settings else _LIVE_OWNER[kind]
+    assert kind == "device" or not with_settings
+    row = db.session.execute(query, {"token_hash": crypto.keyed_hash(token)}).first()
+    if row is None:
+        return None
+    if with_settings and row.DepartmentSettings is not None:
+        set_committed_value(row[0], "department_settings", row.DepartmentSettings)
+    return row[0], TokenUse(row.id, row.last_used_at)
 
 
 TOKEN_TOUCH_SECONDS = 60

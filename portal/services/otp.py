@@ -28,7 +28,6 @@ from portal.domain.permissions import Action
 from portal.extensions import db
 from portal.models import (
     ClientSession,
-    DepartmentSettings,
     Device,
     OneTimePassword,
     OtpAccessRequest,
@@ -43,8 +42,9 @@ from portal.unit_of_work import keep_changes
 
 def settings_of(device: Device) -> rules.OtpSettings:
     """The device's department's OTP settings: one look-up by the department's id (the
-    settings' key), not a load of the department and then of its settings."""
-    s = db.session.get(DepartmentSettings, device.department_id)
+    settings' key), not a load of the department and then of its settings; none when
+    the token's check loaded them with the device."""
+    s = device.department_settings
     return rules.OtpSettings(
         is_allowed=s.is_otp_allowed,
         is_auto_sent_to_directory_users=s.is_otp_auto_sent_to_directory_users,
