@@ -3,6 +3,7 @@ unit of work (portal.unit_of_work) commits; errors are mapped by portal.web.erro
 from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException
 
 from portal import clock, unit_of_work
 from portal.api.auth import bearer_token, device_token_required, refused, user_token_required
@@ -74,7 +75,7 @@ def create_session_request():
                                   "string.")
         device, run_as, reason = service.checked_input(
             device, optional_string(data, "run_as"), optional_string(data, "reason"))
-    except (BadRequestError, InvalidInputError):
+    except (BadRequestError, InvalidInputError, HTTPException):  # e.g. 413, too large
         if accounts.find_token_owner(token, "user") is None:
             raise refused("user") from None
         raise

@@ -135,15 +135,18 @@ def test_no_bad_revoked_or_device_token_is_401(client, w, headers, method):
 
 @pytest.mark.parametrize("data", [
     "{not json", '{"device": 5}', '{"device": "   "}', '{"device": "WIN", "run_as": "a\\nb"}',
-    '{"device": "NO-SUCH-PC"}'])
-@pytest.mark.parametrize("token", ["unknown", "revoked", "device"])
+    '{"device": "NO-SUCH-PC"}', json.dumps({"device": "x" * (70 * 1024)})])
+@pytest.mark.parametrize("token", ["unknown", "revoked", "device", "disabled"])
 def test_a_bad_token_is_told_before_anything_about_the_body(client, w, data, token):
     """A create checks its token in the device's query, after reading the body; a bad
-    body (400, 422) or an unknown device (404) still answers 401 for a bad token."""
+    body (400, 422, 413) or an unknown device (404) still answers 401 for a bad token."""
     if token == "revoked":
         _revoke(w.tech_token)
+    elif token == "disabled":
+        db.session.get(User, w.tech.id).is_enabled = False
+        db.session.commit()
     headers = bearer({"unknown": "not-a-token", "revoked": w.tech_token,
-                      "device": w.device_token}[token])
+                      "device": w.device_token, "disabled": w.tech_token}[token])
     response = client.post(URL, data=data, content_type="application/json",
                            headers=headers)
     assert assert_error(response, 401)["code"] == "unauthorized"
