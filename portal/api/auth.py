@@ -47,6 +47,6 @@ def device_token_required(view):
 
 
 def device_token_with_settings_required(view):
-    """device_token_required, the device's department's settings read with the token (in
-    the session's identity map: otp.settings_of then sends no statement)."""
+    """device_token_required, the device's department's settings read by the same
+    statement and set as its `department_settings` (otp.settings_of then sends none)."""
     return _authenticated("device", view, with_settings=True)

@@ -84,10 +84,10 @@ def create_session_request():
     if requester is None:
         raise refused("user")
     g.api_user = requester.technician
-    req = service.create_session_request(
-        technician=requester.technician, device_name=device, run_as=run_as, reason=reason,
-        actor=user_actor(), now=now, base_url=current_app.config["BASE_URL"],
-        user_agent=request.headers.get("User-Agent", ""), requester=requester)
+    req = service.create_for_requester(
+        requester, run_as=run_as, reason=reason, actor=user_actor(), now=now,
+        base_url=current_app.config["BASE_URL"],
+        user_agent=request.headers.get("User-Agent", ""))
     accounts.note_token_used(requester.token, now)
     response = jsonify(request_object(req, now))
     response.status_code = 201

@@ -178,14 +178,27 @@ def requestable_devices(user: User) -> list[Device]:
 
 def create_session_request(*, technician: User, device_name, run_as=None, reason=None,
                            actor: Actor, now: datetime, base_url: str,
-                           user_agent: str = "", requester: Requester | None = None
-                           ) -> SessionRequest:
-    """A new session request by the technician, the policy applied, its approvers mailed.
-    `requester`: what find_requester read with the technician's token, when the caller
-    has read it (the API), so the device is not looked up again."""
+                           user_agent: str = "") -> SessionRequest:
+    """A new session request by the technician, the policy applied, its approvers mailed."""
     device_name, run_as, reason = checked_input(device_name, run_as, reason)
-    found = requester.device if requester is not None \
-        else _requested_device(device_name, technician, now)
+    return _create(technician, _requested_device(device_name, technician, now),
+                   run_as=run_as, reason=reason, actor=actor, now=now, base_url=base_url,
+                   user_agent=user_agent)
+
+
+def create_for_requester(requester: Requester, *, run_as: str | None, reason: str | None,
+                         actor: Actor, now: datetime, base_url: str,
+                         user_agent: str = "") -> SessionRequest:
+    """create_session_request for what find_requester read with the technician's token
+    (the API), the device not looked up again; `run_as` and `reason` as checked_input
+    returned them."""
+    return _create(requester.technician, requester.device, run_as=run_as, reason=reason,
+                   actor=actor, now=now, base_url=base_url, user_agent=user_agent)
+
+
+def _create(technician: User, found: Found | None, *, run_as: str | None,
+            reason: str | None, actor: Actor, now: datetime, base_url: str,
+            user_agent: str) -> SessionRequest:
     if found is None:
         raise NotFoundError("No such device in your departments.")
     device, exclusion, cooldown_until, pre_approval = found
