@@ -245,6 +245,18 @@ class Server:
                 for label, (requests, statements) in totals.items() if requests}
 
 
+def workers_cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user + system) the processes have used so far, from /proc: per
+    request, a figure that another process's load on the machine changes far less than
+    it changes requests/s."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str,
                 profiles: dict[str, str]) -> dict:
     """Each path's Result by name; the bare endpoint is measured first and again last
@@ -261,9 +273,13 @@ def measure_all(env: dict, work: Path, seed: dict, args, worker_class: str,
             target = target_for(name, server.port, seed, env)
             run_wrk(server.port, write_lua(work, target, None, args.wrk_threads),
                     args.warmup, args, refused=target.refused)
+            workers = bench_profile.worker_pids(server.process.pid)
+            cpu_before = workers_cpu_seconds(workers)
             results[key] = run_wrk(server.port,
                                    write_lua(work, target, name, args.wrk_threads),
                                    args.duration, args, refused=target.refused)
+            results[key].worker_cpu_ms = 1000 * (workers_cpu_seconds(workers) - cpu_before) \
+                / max(results[key].requests, 1)
             print(f"  {worker_class:>7} {key:<10} {results[key].requests_per_second:9.1f} "
                   "req/s", file=sys.stderr)
             if args.profile and name != "bare":  # a run of its own: the figure is clean
@@ -294,10 +310,12 @@ def table(results: dict[str, Result], heading: str) -> str:
                            (before.p95_ms + after.p95_ms) / 2,
                            before.requests + after.requests,
                            ", ".join(e for e in (before.errors, after.errors) if e),
-                           before.statements), **results}
+                           before.statements,
+                           (before.worker_cpu_ms + after.worker_cpu_ms) / 2), **results}
     lines = [heading, "",
-             "| path | req/s | p50 | p95 | share of bare | statements/req | goal |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| path | req/s | p50 | p95 | share of bare | workers' CPU/req | statements/req "
+             "| goal |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     notes = [f"The bare endpoint ran first and last: {before.requests_per_second:,.0f} and "
              f"{after.requests_per_second:,.0f} req/s; its row and the shares use the mean."]
     for name, result in rows.items():
@@ -308,7 +326,7 @@ def table(results: dict[str, Result], heading: str) -> str:
         statements = "?" if result.statements is None else f"{result.statements:.1f}"
         lines.append(f"| {TITLES[name]} | {result.requests_per_second:,.0f} | "
                      f"{result.p50_ms:.1f} ms | {result.p95_ms:.1f} ms | {share:.1f} % | "
-                     f"{statements} | {goal} |")
+                     f"{result.worker_cpu_ms:.2f} ms | {statements} | {goal} |")
         if result.errors:
             notes.append(f"Errors on {TITLES[name]}: {result.errors} of "
                          f"{result.requests:,} requests (counted in its req/s).")

@@ -63,6 +63,7 @@ class Result:
     requests: int
     errors: str  # "" or what went wrong (non-2xx/3xx answers, socket errors)
     statements: float | None = None
+    worker_cpu_ms: float = 0.0  # the server's workers' CPU time per request
 
 
 def lua_string(value: str) -> str:
