@@ -30,7 +30,8 @@ from portal.extensions import db
 from portal.models import (ApprovalLink, Department, DepartmentSettings, Device,
                            OutboxMessage, SessionRequest, User)
 from portal.domain import preapproval as preapproval_rules
-from portal.services import approvals, authz, crypto, mail, preapprovals, transitions
+from portal.services import (approvals, authz, crypto, mail, preapprovals, snapshots,
+                             transitions)
 from portal.services.actors import SYSTEM, Actor
 from portal.services.audit import record_event, record_events
 from portal.services.requests import audit_request, get_own_request, get_request
@@ -131,19 +132,38 @@ def _reported(req: SessionRequest, reported_by: str, actor: Actor, now: datetime
 # --- approval links ------------------------------------------------------------------
 
 
+def _link_query(*columns):
+    """The link by its token's hash (a bound parameter) with its session request's row and
+    the rows the request's page reads. Outer joins: an OTP access request's link has no
+    session request."""
+    return (select(*columns)
+            .select_from(ApprovalLink)
+            .outerjoin(SessionRequest, ApprovalLink.request_id == SessionRequest.id)
+            .outerjoin(Device, SessionRequest.device_id == Device.id)
+            .outerjoin(User, SessionRequest.technician_id == User.id)
+            .outerjoin(Department, SessionRequest.department_id == Department.id)
+            .outerjoin(DepartmentSettings, DepartmentSettings.department_id == Department.id)
+            .where(ApprovalLink.token_hash == bindparam("token_hash")))
+
+
+_LINKED = (ApprovalLink, SessionRequest, Device, User, Department, DepartmentSettings)
 # Built once, with the token's hash as a parameter: building the statement cost about as
 # much as running it, on a page every approver's phone opens. The six rows come as six
 # entities of one row, not as joined eager loads: SQLAlchemy sets up a joined load's
 # row processing anew on every execution, a third of this path's time; the relationships
 # are then filled in by hand (set_committed_value, as a load would, no change recorded).
-# Outer joins: an OTP access request's link has no session request.
-_LINK = (select(ApprovalLink, SessionRequest, Device, User, Department, DepartmentSettings)
-         .outerjoin(SessionRequest, ApprovalLink.request_id == SessionRequest.id)
-         .outerjoin(Device, SessionRequest.device_id == Device.id)
-         .outerjoin(User, SessionRequest.technician_id == User.id)
-         .outerjoin(Department, SessionRequest.department_id == Department.id)
-         .outerjoin(DepartmentSettings, DepartmentSettings.department_id == Department.id)
-         .where(ApprovalLink.token_hash == bindparam("token_hash")))
+_LINK = _link_query(*_LINKED)
+_LINK_SHAPE = snapshots.RowShape(*_LINKED)
+_LINK_ROW = _link_query(*_LINK_SHAPE.columns)
+
+
+def _related(link, req, device, technician, department, settings, relate) -> None:
+    if link.request_id is not None:
+        relate(link, "request", req)
+        relate(req, "device", device)
+        relate(req, "technician", technician)
+        relate(req, "department", department)
+        relate(department, "settings", settings)
 
 
 def find_link(token: str) -> ApprovalLink:
@@ -152,14 +172,23 @@ def find_link(token: str) -> ApprovalLink:
     row = db.session.execute(_LINK, {"token_hash": crypto.keyed_hash(token)}).first()
     if row is None:
         raise NotFoundError("This link is not valid.")
-    link, req, device, technician, department, settings = row
-    if link.request_id is not None:
-        set_committed_value(link, "request", req)
-        set_committed_value(req, "device", device)
-        set_committed_value(req, "technician", technician)
-        set_committed_value(req, "department", department)
-        set_committed_value(department, "settings", settings)
-    return link
+    _related(*row, set_committed_value)
+    return row[0]
+
+
+def read_link(token: str):
+    """For showing only: find_link's link and rows as read-only snapshots
+    (portal.services.snapshots), for a session request's link. The page's hot path — a
+    link opened before, and its status poll — reads this one row and nothing else. An
+    OTP access request's link comes as find_link's (its request is not in this row)."""
+    found = snapshots.read_one(_LINK_SHAPE, _LINK_ROW,
+                               {"token_hash": crypto.keyed_hash(token)})
+    if found is None:
+        raise NotFoundError("This link is not valid.")
+    if found[0].otp_request_id is not None:
+        return find_link(token)
+    _related(*found, snapshots.relate)
+    return found[0]
 
 
 def is_link_current(link: ApprovalLink) -> bool:
@@ -202,7 +231,8 @@ def record_link_opened(*, link: ApprovalLink, actor: Actor, now: datetime,
                        user_agent: str = "") -> bool:
     """The first GET of a link is recorded once ("link opened"); later GETs — which anyone
     holding the link can repeat forever — write nothing, not even an UPDATE that matches
-    no row (on SQLite that alone takes the write lock). True for the first opening."""
+    no row (on SQLite that alone takes the write lock). True for the first opening. The
+    link as find_link or read_link gives it: only its columns and its request's are read."""
     if link.first_opened_at is not None:  # as read with the link: opened before
         return False
     first = db.session.execute(
