@@ -13,6 +13,7 @@ from portal.services import agents, decisions, requests
 HOT_STATEMENTS = {
     "open prompts and end requests (agent poll)": agents._POLL,
     "approval link with its request": decisions._LINK,
+    "approval link with its request, as snapshots' columns": decisions._LINK_ROW,
     "requested device with its policy": requests._REQUESTED_DEVICE,
     "API token's technician with the requested device": requests._REQUESTER,
 }
