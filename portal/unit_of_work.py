@@ -63,6 +63,17 @@ def _database_has_writes(current) -> bool:
     return True
 
 
+def read_apart(statement, parameters: dict | None = None) -> list:
+    """A plain read's rows, on a pooled connection of its own that goes back to the pool
+    at once, not through the request's session: for a read that polls or is polled (an
+    agent's poll, a link's page, a long-poll's check), where the session's transaction
+    set-up and tear-down cost more than the read. It sees what is committed, not this
+    unit's own unflushed or uncommitted changes, so a request reads this way before it
+    writes anything."""
+    with db.engine.connect() as connection:
+        return connection.execute(statement, parameters or {}).all()
+
+
 def release() -> None:
     """Hand the session's connection back to the pool before a long wait (a long-poll).
     Only for a unit that has changed nothing yet; it may read again afterwards."""

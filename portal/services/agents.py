@@ -18,6 +18,7 @@ from portal.services import crypto, transitions
 from portal.services.accounts import LIVE_TOKEN, TokenUse
 from portal.services.actors import Actor
 from portal.services.audit import record_event
+from portal.unit_of_work import read_apart
 
 MAX_USERNAME = 256
 
@@ -104,13 +105,10 @@ class Poll:
 def read_poll(token: str, now: datetime) -> Poll | None:
     """What the agent's poll returns, in one query: the device of a live device token
     (None for a token unknown, revoked or a user's), its end-user prompts still open now
-    and its sessions whose end was asked for and that have not ended. Read on a pooled
-    connection of its own, handed back at once, not through the request's Session: its
-    transaction's set-up and tear-down cost more than the read (a plain read: what the
-    poll then writes is conditional, and goes through the Session)."""
-    with db.engine.connect() as connection:
-        rows = connection.execute(_POLL, {"token_hash": crypto.keyed_hash(token),
-                                          "now": now}).all()
+    and its sessions whose end was asked for and that have not ended. Read apart from the
+    request's session (unit_of_work.read_apart): what the poll then writes is
+    conditional, and goes through the session."""
+    rows = read_apart(_POLL, {"token_hash": crypto.keyed_hash(token), "now": now})
     owner = next((row for row in rows if row.kind == TOKEN_ROW), None)
     if owner is None:
         return None

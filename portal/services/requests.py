@@ -32,6 +32,7 @@ from portal.models import (
 from portal.services import accounts, approvals, authz, crypto, inserted, mail, preapprovals
 from portal.services.actors import Actor
 from portal.services.audit import record_event, record_events
+from portal.unit_of_work import read_apart
 
 MAX_RUN_AS = 256
 MAX_REASON = 1000
@@ -383,8 +384,8 @@ def wait_for_change(request_id: int, seen: Status, seconds: float,
     give_up = time.monotonic() + seconds
     with notifier.watch_request(request_id) as watch:  # before the read: no change missed
         while True:
-            with db.engine.connect() as connection:
-                row = connection.execute(query).first()
+            rows = read_apart(query)
+            row = rows[0] if rows else None
             if row is None or rules.effective_status(row.status, row.expires_at,
                                                      clock()) is not seen:
                 return

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from sqlalchemy import Select, inspect
 
-from portal.extensions import db
+from portal.unit_of_work import read_apart
 
 
 class Snapshot:
@@ -69,12 +69,10 @@ class RowShape:
 
 
 def read_one(shape: RowShape, statement: Select, parameters: dict) -> list[Snapshot | None] | None:
-    """The statement's first row as snapshots, read on a pooled connection of its own and
-    handed back at once (it holds no lock and no transaction: a plain read). None: no
-    row."""
-    with db.engine.connect() as connection:
-        row = connection.execute(statement, parameters).first()
-    return None if row is None else shape.split(row)
+    """The statement's first row as snapshots, read apart from the request's session
+    (unit_of_work.read_apart). None: no row."""
+    rows = read_apart(statement, parameters)
+    return shape.split(rows[0]) if rows else None
 
 
 def relate(snapshot: Snapshot, key: str, value: Any) -> None:

@@ -74,18 +74,12 @@ def _page(template: str, http_status: int = 200, **context):
     return response
 
 
-def _find(token: str):
-    """The link for deciding (ORM entities, which the decision changes)."""
+def _find(token: str, find=decisions.find_link):
+    """The link, or None for an unknown token: for deciding, find_link's entities (the
+    decision changes them); for showing only, `find=decisions.read_link`'s read-only
+    snapshots."""
     try:
-        return decisions.find_link(token)
-    except NotFoundError:
-        return None
-
-
-def _read(token: str):
-    """The link for showing only: read-only snapshots (decisions.read_link)."""
-    try:
-        return decisions.read_link(token)
+        return find(token)
     except NotFoundError:
         return None
 
@@ -96,7 +90,7 @@ def _unknown():
 
 @bp.route("/<token>", methods=["GET"])
 def show(token: str):
-    link = _read(token)
+    link = _find(token, decisions.read_link)
     if link is None:
         return _unknown()
     now = utcnow()
@@ -112,7 +106,7 @@ def show(token: str):
 @bp.get("/<token>/status")
 def status(token: str):
     """Polling fragment: read-only, stops itself once the request is over."""
-    link = _read(token)
+    link = _find(token, decisions.read_link)
     if link is None:
         return _unknown()
     return _page(_templates(link)[1], **_context(link, utcnow()))
@@ -130,7 +124,7 @@ def _number(link) -> dict:
 def report(token: str):
     """"I didn't expect this": the confirmation step. A GET, so it never decides; its
     form POSTs the report to the link like any decision."""
-    link = _read(token)
+    link = _find(token, decisions.read_link)
     if link is None or link.otp_request_id is not None:
         return _unknown()
     context = _context(link, utcnow())
