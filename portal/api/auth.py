@@ -47,6 +47,7 @@ def device_token_required(view):
 
 
 def device_token_with_settings_required(view):
-    """device_token_required, the device's department's settings read by the same
-    statement and set as its `department_settings` (otp.settings_of then sends none)."""
+    """device_token_required for a view that only reads the device and its department's
+    settings: `g.api_device` is a read-only snapshot of both, read by the token's
+    statement (accounts.find_token_owner; otp.settings_of then sends none)."""
     return _authenticated("device", view, with_settings=True)

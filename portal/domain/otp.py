@@ -160,6 +160,12 @@ def verify(*, matched: StoredCode | None, count: FailureCount, now: datetime) ->
     and this value, if any. A lock refuses even the right code."""
     if count.is_locked(now):
         return Verdict.LOCKED
+    return check_code(matched, now)
+
+
+def check_code(matched: StoredCode | None, now: datetime) -> Verdict:
+    """The code alone, before the lock-out is asked: anything but ALLOWED fails whatever
+    the counter says (so it can be counted without reading the counter first)."""
     if matched is None:
         return Verdict.NO_MATCH
     if matched.used_at is not None:

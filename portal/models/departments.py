@@ -78,8 +78,8 @@ class Device(db.Model):
     department: Mapped[Department] = relationship()
     group: Mapped[DeviceGroup | None] = relationship()
     # Its department's settings directly (read only; they belong to the department): a
-    # look-up by the settings' key, found in the session without a statement when the
-    # token's check loaded them (accounts.find_token_owner, with_settings).
+    # look-up by the settings' key (the one-time password check's snapshot of the device
+    # comes with them: accounts.find_token_owner, with_settings).
     department_settings: Mapped[DepartmentSettings] = relationship(
         primaryjoin="foreign(Device.department_id) == remote(DepartmentSettings.department_id)",
         viewonly=True)

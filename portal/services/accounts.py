@@ -9,7 +9,6 @@ from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import joinedload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from portal.extensions import db
 from portal.domain.permissions import ALL_ROLES
@@ -22,7 +21,7 @@ from portal.models import (
     Membership,
     User,
 )
-from portal.services import crypto, passwords, throttle
+from portal.services import crypto, passwords, snapshots, throttle
 from portal.services.actors import Actor
 from portal.services.audit import record_event
 from portal.domain.errors import ConflictError, InvalidInputError, NotFoundError, ThrottledError
@@ -333,29 +332,38 @@ _LIVE_OWNER = {"user": _live_owner(User, ApiToken.user_id).where(User.is_enabled
                "device": _live_owner(Device, ApiToken.device_id)}
 
 
-# A device token's device with its department's settings as a second entity of the row,
-# set as the device's `department_settings` (so the device holds them: the session's
-# identity map alone holds objects weakly). For an agent call that reads the settings
-# first thing (the one-time password check). An outer join: the token's check does not
-# depend on them.
+# A device token's device with its department's settings, as read-only snapshots
+# (portal.services.snapshots), for an agent call that reads the settings first thing and
+# changes neither (the one-time password check, a guesser's target): plain columns on the
+# request's connection, where two entities through the Session cost more than the query.
+# An outer join: the token's check does not depend on them.
+_DEVICE_AND_SETTINGS = snapshots.RowShape(Device, DepartmentSettings)
 _LIVE_DEVICE_WITH_SETTINGS = (
-    _LIVE_OWNER["device"].add_columns(DepartmentSettings)
-    .outerjoin(DepartmentSettings, DepartmentSettings.department_id == Device.department_id))
+    select(*_DEVICE_AND_SETTINGS.columns, ApiToken.id, ApiToken.last_used_at)
+    .join_from(Device, ApiToken, ApiToken.device_id == Device.id)
+    .outerjoin(DepartmentSettings, DepartmentSettings.department_id == Device.department_id)
+    .where(*LIVE_TOKEN))
 
 
 def find_token_owner(token: str, kind: str, *, with_settings: bool = False
                      ) -> tuple[User | Device, TokenUse] | None:
     """The enabled user (kind "user") or the device (kind "device") a live token belongs
     to, and the token's use; None for a token unknown, revoked or of the other kind. One
-    query loading one row: every API call starts with it. `with_settings` (devices):
-    the device's department's settings are loaded by the same statement."""
-    query = _LIVE_DEVICE_WITH_SETTINGS if with_settings else _LIVE_OWNER[kind]
+    query loading one row: every API call starts with it. `with_settings` (devices): the
+    device and its department's settings (as its `department_settings`) come as
+    read-only snapshots from the same statement."""
     assert kind == "device" or not with_settings
-    row = db.session.execute(query, {"token_hash": crypto.keyed_hash(token)}).first()
+    parameters = {"token_hash": crypto.keyed_hash(token)}
+    if with_settings:
+        row = db.session.connection().execute(_LIVE_DEVICE_WITH_SETTINGS, parameters).first()
+        if row is None:
+            return None
+        device, settings = _DEVICE_AND_SETTINGS.split(row)
+        snapshots.relate(device, "department_settings", settings)
+        return device, TokenUse(row[-2], row[-1])
+    row = db.session.execute(_LIVE_OWNER[kind], parameters).first()
     if row is None:
         return None
-    if with_settings and row.DepartmentSettings is not None:
-        set_committed_value(row[0], "department_settings", row.DepartmentSettings)
     return row[0], TokenUse(row.id, row.last_used_at)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, case, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.domain import otp as rules
@@ -214,28 +214,56 @@ class VerificationFailedError(ConflictError):
     code = "not_allowed"
 
 
-def _counter(device: Device, username_key: str) -> rules.FailureCount:
+_COUNTERS = OtpFailureCounter.__table__
+
+
+def _upsert():
+    return (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(
+        _COUNTERS)
+
+
+def _lock_counter(connection, device: Device, username_key: str) -> rules.FailureCount:
     """The (device, username) failure count, its row created if missing and locked for
     this transaction — one upsert (a row lock on PostgreSQL; SQLite's write lock)."""
-    table = OtpFailureCounter.__table__
-    dialect = db.engine.dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    row = db.session.execute(
-        insert.values(device_id=device.id, username_key=username_key, failures=0,
-                      locked_until=None)
+    row = connection.execute(
+        _upsert().values(device_id=device.id, username_key=username_key, failures=0,
+                         locked_until=None)
         .on_conflict_do_update(index_elements=["device_id", "username_key"],
-                               set_={"failures": table.c.failures})
-        .returning(table.c.failures, table.c.locked_until)).one()
+                               set_={"failures": _COUNTERS.c.failures})
+        .returning(_COUNTERS.c.failures, _COUNTERS.c.locked_until)).one()
     return rules.FailureCount(row.failures, row.locked_until)
 
 
-def _set_counter(device: Device, username_key: str, count: rules.FailureCount) -> None:
-    db.session.execute(
-        update(OtpFailureCounter)
-        .where(OtpFailureCounter.device_id == device.id,
-               OtpFailureCounter.username_key == username_key)
-        .values(failures=count.failures, locked_until=count.locked_until)
-        .execution_options(synchronize_session=False))
+def _reset_counter(connection, device: Device, username_key: str) -> None:
+    connection.execute(
+        _COUNTERS.update()
+        .where(_COUNTERS.c.device_id == device.id, _COUNTERS.c.username_key == username_key)
+        .values(failures=0, locked_until=None))
+
+
+def _count_in_one_statement(connection, device: Device, username_key: str, now: datetime
+                            ) -> rules.FailureCount | None:
+    """rules.after_failure applied by the database, in one upsert that creates the row,
+    counts the failure and locks the (device, username) out at the fifth: the failure
+    count after it, or None when a lock was on (a failure during a lock doesn't count,
+    and the row is left as it is). Every wrong code comes this way, and reading the row
+    first, then writing it, was two statements (two round trips) where one does; the
+    test beside after_failure's checks that both give the same answer from every state."""
+    failures = _COUNTERS.c.failures + 1
+    locks = failures >= rules.MAX_FAILURES
+    first = rules.after_failure(rules.FailureCount(), now)
+    row = connection.execute(
+        _upsert().values(device_id=device.id, username_key=username_key,
+                         failures=first.failures, locked_until=first.locked_until)
+        .on_conflict_do_update(
+            index_elements=["device_id", "username_key"],
+            set_={"failures": case((locks, 0), else_=failures),
+                  "locked_until": case((locks, literal(now + rules.LOCK_DURATION,
+                                                        _COUNTERS.c.locked_until.type)),
+                                          else_=null())},
+            where=or_(_COUNTERS.c.locked_until.is_(None), _COUNTERS.c.locked_until <= now))
+        .returning(_COUNTERS.c.failures, _COUNTERS.c.locked_until)).first()
+    return None if row is None else rules.FailureCount(row.failures, row.locked_until)
 
 
 # The code's row as plain columns (what the check and a success read), not an entity:
@@ -250,33 +278,41 @@ def verify_otp(*, device: Device, username: str, email: str, password: str, acto
                now: datetime) -> ClientSession:
     """Check a code typed at the login screen; a success starts a client session. A
     failure raises VerificationFailedError (and what it counted stays). With one-time
-    passwords turned off for the department, no code works any more (the same answer)."""
+    passwords turned off for the department, no code works any more (the same answer).
+
+    `device` may be the token check's read-only snapshot (only its columns and its
+    settings are read). The statements go to the session's connection as Core: a wrong
+    code — the common failure, and what a guesser sends — is three statements (the
+    token's, the code's, the counter's upsert) and its audit INSERT, with no ORM object."""
     if not settings_of(device).is_allowed:
         raise VerificationFailedError("The one-time password was not accepted.")
     username, email = username.strip(), email.strip()
     username_key = username.casefold()
-    count = _counter(device, username_key)
+    connection = db.session.connection()
     matched = None
     if rules.is_code_shaped(password.strip()) and len(username) <= rules.MAX_USERNAME:
         digest = crypto.code_hash(rules.binding(device.id, username, email), password.strip())
-        matched = db.session.execute(_MATCHING_CODE, {"code_hash": digest,
+        matched = connection.execute(_MATCHING_CODE, {"code_hash": digest,
                                                       "device_id": device.id}).first()
     stored = rules.StoredCode(matched.expires_at, matched.used_at) if matched else None
-    verdict = rules.verify(matched=stored, count=count, now=now)
+    verdict = rules.check_code(stored, now)
+    count = None
+    if verdict is rules.Verdict.ALLOWED:  # the right code: is a lock on, and is it unused?
+        count = _lock_counter(connection, device, username_key)
+        verdict = rules.verify(matched=stored, count=count, now=now)
     if verdict is rules.Verdict.ALLOWED:
-        used = db.session.execute(
-            update(OneTimePassword)
+        used = connection.execute(
+            update(OneTimePassword.__table__)
             .where(OneTimePassword.id == matched.id, OneTimePassword.used_at.is_(None),
                    OneTimePassword.expires_at > now)
-            .values(used_at=now, code_ciphertext=None)
-            .execution_options(synchronize_session=False)).rowcount == 1
+            .values(used_at=now, code_ciphertext=None)).rowcount == 1
         verdict = rules.Verdict.ALLOWED if used else rules.Verdict.USED
     if verdict is not rules.Verdict.ALLOWED:
-        _count_failure(device, username_key, count, username, verdict, actor, now)
+        _count_failure(connection, device, username_key, username, verdict, actor, now)
         keep_changes()
         raise VerificationFailedError("The one-time password was not accepted.")
     if count != rules.after_success():
-        _set_counter(device, username_key, rules.after_success())
+        _reset_counter(connection, device, username_key)
     session = ClientSession(device_id=device.id, department_id=device.department_id,
                             otp_id=matched.id, username=username, email=matched.email,
                             started_at=now)
@@ -289,15 +325,13 @@ def verify_otp(*, device: Device, username: str, email: str, password: str, acto
     return session
 
 
-def _count_failure(device: Device, username_key: str, count: rules.FailureCount,
-                   username: str, verdict: rules.Verdict, actor: Actor,
-                   now: datetime) -> None:
-    after = rules.after_failure(count, now)
-    if after != count:  # attempts during a lock don't count
-        _set_counter(device, username_key, after)
+def _count_failure(connection, device: Device, username_key: str, username: str,
+                   verdict: rules.Verdict, actor: Actor, now: datetime) -> None:
+    after = _count_in_one_statement(connection, device, username_key, now)
+    reason = rules.Verdict.LOCKED if after is None else verdict
     events = [otp_event(device, "otp.failed", actor, now, outcome="failure",
-                        username=username, reason=verdict.value)]
-    if after.is_locked(now) and not count.is_locked(now):
+                        username=username, reason=reason.value)]
+    if after is not None and after.is_locked(now):  # not locked before: this one locks
         events.append(otp_event(device, "otp.locked", actor, now, outcome="failure",
                                 username=username,
                                 locked_until=after.locked_until.isoformat()))

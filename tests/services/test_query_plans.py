@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from portal.extensions import db
-from portal.services import agents, decisions, requests
+from portal.services import accounts, agents, decisions, otp, requests
 
 HOT_STATEMENTS = {
     "open prompts and end requests (agent poll)": agents._POLL,
@@ -16,6 +16,8 @@ HOT_STATEMENTS = {
     "approval link with its request, as snapshots' columns": decisions._LINK_ROW,
     "requested device with its policy": requests._REQUESTED_DEVICE,
     "API token's technician with the requested device": requests._REQUESTER,
+    "device token's device with its settings (OTP check)": accounts._LIVE_DEVICE_WITH_SETTINGS,
+    "the codes an OTP check might match": otp._MATCHING_CODE,
 }
 
 
