@@ -101,8 +101,10 @@ _INSERT_EVENTS = _events.insert()
 def record_events(events: list[dict[str, Any]]) -> None:
     """Insert many events at once, each given as record_event's keyword arguments: one
     bulk INSERT now, without an ORM object per event (a sweep over hundreds of requests)."""
-    if events:
-        db.session.execute(_INSERT_EVENTS, [_values(**event) for event in events])
+    if len(events) == 1:  # one row's INSERT, not the driver's executemany
+        db.session.connection().execute(_INSERT_EVENTS, _values(**events[0]))
+    elif events:
+        db.session.connection().execute(_INSERT_EVENTS, [_values(**event) for event in events])
 
 
 def _fields(row) -> EventFields:

@@ -10,10 +10,11 @@ email carries a placeholder that only the delivery job fills in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import bindparam, case, literal, null, or_, select, update
+from sqlalchemy import bindparam, case, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.domain import otp as rules
@@ -215,54 +216,75 @@ class VerificationFailedError(ConflictError):
 
 
 _COUNTERS = OtpFailureCounter.__table__
+_KEY = {"device_id": bindparam("device_id"), "username_key": bindparam("username_key")}
 
 
-def _upsert():
-    return (postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert)(
-        _COUNTERS)
+@cache
+def _counter_statements(dialect: str):
+    """The counter's two upserts for the dialect, built once with bound parameters
+    (building one cost about as much as running it):
+
+    - lock: the row created if missing and locked for this transaction (a row lock on
+      PostgreSQL; SQLite's write lock), unchanged; it returns the count.
+    - count: rules.after_failure applied by the database — it creates the row, counts
+      the failure and locks the (device, username) out at the fifth, returning the
+      count after it; during a lock it doesn't count, leaves the row as it is and
+      returns no row. Every wrong code comes this way: reading the row first, then
+      writing it, was two statements (two round trips) where one does. The test beside
+      after_failure's checks that both give the same answer from every state.
+    """
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_COUNTERS)
+    now = bindparam("now", type_=_COUNTERS.c.locked_until.type)
+    returning = (_COUNTERS.c.failures, _COUNTERS.c.locked_until)
+    lock = (insert.values(**_KEY, failures=0, locked_until=None)
+            .on_conflict_do_update(index_elements=["device_id", "username_key"],
+                                   set_={"failures": _COUNTERS.c.failures})
+            .returning(*returning))
+    failures = _COUNTERS.c.failures + 1
+    locks = failures >= rules.MAX_FAILURES
+    count = (insert.values(**_KEY, failures=bindparam("first_failures"),
+                           locked_until=bindparam("first_locked_until"))
+             .on_conflict_do_update(
+                 index_elements=["device_id", "username_key"],
+                 set_={"failures": case((locks, 0), else_=failures),
+                       "locked_until": case((locks, bindparam("lock_ends",
+                                                              type_=now.type)),
+                                            else_=null())},
+                 where=or_(_COUNTERS.c.locked_until.is_(None), _COUNTERS.c.locked_until <= now))
+             .returning(*returning))
+    return lock, count
 
 
 def _lock_counter(connection, device: Device, username_key: str) -> rules.FailureCount:
     """The (device, username) failure count, its row created if missing and locked for
-    this transaction — one upsert (a row lock on PostgreSQL; SQLite's write lock)."""
-    row = connection.execute(
-        _upsert().values(device_id=device.id, username_key=username_key, failures=0,
-                         locked_until=None)
-        .on_conflict_do_update(index_elements=["device_id", "username_key"],
-                               set_={"failures": _COUNTERS.c.failures})
-        .returning(_COUNTERS.c.failures, _COUNTERS.c.locked_until)).one()
+    this transaction."""
+    lock, _count = _counter_statements(connection.dialect.name)
+    row = connection.execute(lock, {"device_id": device.id,
+                                    "username_key": username_key}).one()
     return rules.FailureCount(row.failures, row.locked_until)
 
 
+_RESET_COUNTER = (_COUNTERS.update()  # (an UPDATE's parameters may not bear its columns' names)
+                  .where(_COUNTERS.c.device_id == bindparam("counter_device_id"),
+                         _COUNTERS.c.username_key == bindparam("counter_username_key"))
+                  .values(failures=0, locked_until=None))
+
+
 def _reset_counter(connection, device: Device, username_key: str) -> None:
-    connection.execute(
-        _COUNTERS.update()
-        .where(_COUNTERS.c.device_id == device.id, _COUNTERS.c.username_key == username_key)
-        .values(failures=0, locked_until=None))
+    connection.execute(_RESET_COUNTER, {"counter_device_id": device.id,
+                                        "counter_username_key": username_key})
 
 
 def _count_in_one_statement(connection, device: Device, username_key: str, now: datetime
                             ) -> rules.FailureCount | None:
-    """rules.after_failure applied by the database, in one upsert that creates the row,
-    counts the failure and locks the (device, username) out at the fifth: the failure
-    count after it, or None when a lock was on (a failure during a lock doesn't count,
-    and the row is left as it is). Every wrong code comes this way, and reading the row
-    first, then writing it, was two statements (two round trips) where one does; the
-    test beside after_failure's checks that both give the same answer from every state."""
-    failures = _COUNTERS.c.failures + 1
-    locks = failures >= rules.MAX_FAILURES
+    """A failure counted by the database (_counter_statements' count): the count after
+    it, or None when a lock was on."""
+    _lock, count = _counter_statements(connection.dialect.name)
     first = rules.after_failure(rules.FailureCount(), now)
-    row = connection.execute(
-        _upsert().values(device_id=device.id, username_key=username_key,
-                         failures=first.failures, locked_until=first.locked_until)
-        .on_conflict_do_update(
-            index_elements=["device_id", "username_key"],
-            set_={"failures": case((locks, 0), else_=failures),
-                  "locked_until": case((locks, literal(now + rules.LOCK_DURATION,
-                                                        _COUNTERS.c.locked_until.type)),
-                                          else_=null())},
-            where=or_(_COUNTERS.c.locked_until.is_(None), _COUNTERS.c.locked_until <= now))
-        .returning(_COUNTERS.c.failures, _COUNTERS.c.locked_until)).first()
+    row = connection.execute(count, {
+        "device_id": device.id, "username_key": username_key, "now": now,
+        "first_failures": first.failures, "first_locked_until": first.locked_until,
+        "lock_ends": now + rules.LOCK_DURATION}).first()
     return None if row is None else rules.FailureCount(row.failures, row.locked_until)
 
 
