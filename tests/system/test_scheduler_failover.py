@@ -174,7 +174,7 @@ def test_kill_9_of_the_running_scheduler_hands_over_to_the_standby(app, qa, smtp
     print(f"\nfailover: kill -9 → standby running in "
           f"{standby.said(RUNNING) - killed_at_monotonic:.3f} s, "
           f"→ its first expiry in {took_over:.3f} s")
-    assert 0 < took_over < 5, standby.output()
+    assert 0 < took_over <= 2, standby.output()  # the bound (measured 0.07–0.21 s)
 
     # The claimed emails are not lost (nor left for the claim's lease): all sent, once.
     wait_until(lambda: mail_statuses(kept) == {"sent": 8}, 10, "the claimed emails go")
