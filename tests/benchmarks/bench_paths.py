@@ -17,9 +17,9 @@ machine's load during the run shows.
 
 --database-uri EMPTIES that database first (every table, view, sequence and type of its
 schema), then migrates and seeds it: give a scratch database. Without it, a fresh SQLite
-file in a temporary folder, deleted afterwards. --all then runs the other benchmarks of
-this folder that are present (EXTRA_BENCHMARKS: expiry, long-polls, mail), each with the
-same --database-uri.
+file in a temporary folder, deleted afterwards. --all then runs this folder's other
+benchmarks (EXTRA_BENCHMARKS: expiry; long-polls and mail), each with the same
+--database-uri.
 
 The paths (--paths, comma-separated; the bare endpoint always runs):
   create     POST /api/v1/session-requests   technician token; email authorization with
@@ -71,10 +71,10 @@ app = Flask(__name__)
 def hello(path):
     return jsonify(hello="world")
 '''
-# Scripts measured after this one's tables, with --all, when present: each takes
+# Scripts measured after this one's tables, with --all: each takes
 # --database-uri (the same meaning as here; it may empty that database again) and prints
 # its own table. Expiry lateness, decision -> long-poll latency, mail delivery delay.
-EXTRA_BENCHMARKS = ("bench_expiry.py", "bench_longpoll.py", "bench_mail.py")
+EXTRA_BENCHMARKS = ("bench_expiry.py", "bench_longpoll.py")  # (long-polls and mail)
 GOALS = {"create": 20.0, "approval": 30.0, "prompts": 30.0, "otp_verify": 20.0}
 TITLES = {"bare": "bare Flask endpoint (`GET /hello`)",
           "create": "`POST /api/v1/session-requests` (2 recipients)",
@@ -336,9 +336,6 @@ def table(results: dict[str, Result], heading: str) -> str:
 def run_extras(args) -> None:
     for name in EXTRA_BENCHMARKS:
         script = HERE / name
-        if not script.exists():
-            print(f"\n({name}: not present, skipped)")
-            continue
         print(f"\n## {name}\n", flush=True)
         command = [sys.executable, str(script)]
         if args.database_uri:
@@ -377,8 +374,8 @@ def parse_args(argv=None):
     parser.add_argument("--profile-dir", type=Path, help="with --profile, keep py-spy's "
                         "raw stacks there (one file per path and worker; flamegraph.pl "
                         "reads them)")
-    parser.add_argument("--all", action="store_true", help="then run the other benchmarks "
-                        f"present in this folder ({', '.join(EXTRA_BENCHMARKS)})")
+    parser.add_argument("--all", action="store_true", help="then run this folder's other "
+                        f"benchmarks ({', '.join(EXTRA_BENCHMARKS)})")
     args = parser.parse_args(argv)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip() and p != "bare"]
     unknown = sorted(set(args.paths) - set(PATHS))
