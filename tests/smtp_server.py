@@ -14,6 +14,7 @@ class RecordingHandler:
     def __init__(self) -> None:
         self.mode = "accept"  # "accept" | "451" (temporary) | "550" (permanent)
         self.messages: list[tuple[list[str], object]] = []
+        self.peers: list[tuple] = []  # the client end of the connection of each message
         self.rcpt_attempts = 0
         self._lock = threading.Lock()
 
@@ -31,14 +32,30 @@ class RecordingHandler:
         parsed = message_from_bytes(envelope.content, policy=policy.default)
         with self._lock:
             self.messages.append((list(envelope.rcpt_tos), parsed))
+            self.peers.append(session.peer)
         return "250 Message accepted for delivery"
 
     def received_by(self, address: str) -> list:
         return [m for rcpt, m in self.messages if address in rcpt]
 
 
+class _CountingController(Controller):
+    """aiosmtpd builds one SMTP protocol per accepted connection: counted here."""
+
+    def __init__(self, server: SmtpServer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._server = server
+
+    def factory(self):
+        with self._server.lock:
+            self._server.connections += 1
+        return super().factory()
+
+
 class SmtpServer:
-    """An aiosmtpd controller on a fixed free port that can go down and come back."""
+    """An aiosmtpd controller on a fixed free port that can go down and come back.
+    `connections` counts the TCP connections it has accepted (start() makes one of its
+    own, to see the server is up)."""
 
     def __init__(self) -> None:
         with socket.socket() as probe:
@@ -46,12 +63,15 @@ class SmtpServer:
             self.port = probe.getsockname()[1]
         self.handler = RecordingHandler()
         self.controller: Controller | None = None
+        self.connections = 0
+        self.lock = threading.Lock()
 
     def start(self) -> None:
         # A fresh controller each time: a stopped one has closed its event loop.
         # server_hostname spares aiosmtpd a slow getfqdn() look-up.
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     server_hostname="smtp.test", ready_timeout=5)
+        self.controller = _CountingController(self, self.handler, hostname="127.0.0.1",
+                                              port=self.port, server_hostname="smtp.test",
+                                              ready_timeout=5)
         self.controller.start()
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import jinja2
 import pytest
 from api_setup import RECIPIENTS, bearer, build_world, configure, utcnow, with_email
 from sqlalchemy import func, select, update
@@ -135,6 +136,40 @@ def test_each_recipient_gets_the_same_email_with_their_own_link(client, w):
                                                                                "LINK")
     for message, link in zip(messages, links):
         assert message.body_html.count(link) == 1 and message.body_text.count(link) == 1
+
+
+def test_the_approval_email_is_rendered_once_a_request_not_once_a_recipient(
+        client, w, monkeypatch):
+    """Issue 8, point 3: three recipients, yet each create renders the pair of templates
+    once. mail.render_email skips Flask's template_rendered signal on purpose (no page
+    context in an email), so the observable is Jinja's own Template.render, counted and
+    passed through."""
+    three = [*RECIPIENTS, "third@example.com"]
+    configure(w.qa, is_email_authorization_required=True, email_recipients=", ".join(three))
+    rendered = []
+    render = jinja2.Template.render
+
+    def counted_render(template, *args, **kwargs):
+        rendered.append(template.name)
+        return render(template, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Template, "render", counted_render)
+    for n in (1, 2):
+        response = create(client, w)
+        assert response.status_code == 201, response.get_json()
+        assert sorted(name for name in rendered if name.startswith("emails/")) == sorted(
+            ["emails/approval_request.txt", "emails/approval_request.html"] * n)
+        request_id = response.get_json()["id"]
+        messages = db.session.scalars(select(OutboxMessage)
+                                      .where(OutboxMessage.request_id == request_id)
+                                      .order_by(OutboxMessage.id)).all()
+        assert sorted(m.recipient for m in messages) == sorted(three)
+        links = [mail.approval_links_in(m)[0] for m in messages]
+        assert len(set(links)) == 3  # rendered once, each still has a link of its own
+        for message, link in zip(messages, links):
+            for body in (message.body_text, message.body_html):
+                assert [body.count(other) for other in links] == [
+                    1 if other == link else 0 for other in links]
 
 
 def test_the_first_opening_of_a_link_writes_once_and_later_ones_not_at_all(client, w):

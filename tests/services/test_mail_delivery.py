@@ -309,6 +309,21 @@ def test_a_batch_writes_its_outcomes_together(app, client, smtp, tech_token, mon
     assert count_events("email.sent") == 6
 
 
+def test_a_batch_delivers_over_one_reused_smtp_connection(app, client, smtp, tech_token):
+    """Issue 8, point 5: six emails (three requests, two recipients each) in one batch
+    go over one SMTP connection, as the server counts the connections it accepts."""
+    more_requests(client, tech_token, 3)
+    before = smtp.connections
+    with app.app_context():
+        report = deliver_outbox(utcnow())
+        db.session.remove()
+    assert len(report.sent) == 6 and not (report.retried or report.failed)
+    assert [len(smtp.handler.received_by(r)) for r in (R1, R2)] == [3, 3]
+    assert smtp.connections - before == 1
+    assert len(set(smtp.handler.peers)) == 1  # every message came over that connection
+    assert {m.status for m in fresh_rows(OutboxMessage)} == {"sent"}
+
+
 def test_outcomes_are_committed_at_least_every_outcome_seconds(app, client, smtp,
                                                                tech_token, monkeypatch):
     """How much a crash can make us send again is bounded: once OUTCOME_SECONDS have
