@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from apscheduler.triggers.interval import IntervalTrigger
 from factories import NOW, PASSWORD, sealed_trail_check
 from sqlalchemy import event, func, select, update
 
@@ -314,3 +315,33 @@ def test_a_shutdown_while_an_expiry_run_ends_does_not_hang(app, monkeypatch):
     release.set()
     stopping.join(10)
     assert not stopping.is_alive(), "the scheduler's shutdown hung"
+
+
+# --- sealing the audit trail ---------------------------------------------------------
+
+
+def test_the_scheduler_seals_the_audit_trail_at_least_every_second(app):
+    """Built, not started: the sealing job is there, on an interval of at most 1 s."""
+    scheduler = jobs.build_scheduler(app)
+    job = scheduler.get_job("seal_audit")
+    assert job is not None and job.func is jobs.seal_audit and job.args == (app,)
+    assert isinstance(job.trigger, IntervalTrigger)
+    assert timedelta(0) < job.trigger.interval <= timedelta(seconds=1)
+
+
+def unsealed_events() -> int:
+    db.session.rollback()  # a fresh look, as statuses() does
+    return db.session.scalar(select(func.count()).select_from(AuditEvent)
+                             .where(AuditEvent.chain_index.is_(None)))
+
+
+def test_an_event_committed_while_the_scheduler_runs_is_sealed_by_its_interval_job(
+        qa, start_scheduler):
+    """How soon is the interval's (the test above); here, that the running scheduler
+    does it — no timing bound, which a busy machine would make flaky."""
+    assert unsealed_events() > 0  # qa's set-up events, committed while nothing ran
+    start_scheduler()
+    wait_until(lambda: unsealed_events() == 0, timeout=10)  # the start-up run
+    new_request(utcnow())  # events committed after that run: only the interval seals them
+    wait_until(lambda: unsealed_events() == 0, timeout=10)
+    assert sealed_trail_check()[1] is None
