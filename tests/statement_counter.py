@@ -2,9 +2,14 @@
 engine, on while a `with` block runs. Used by the statement-count test
 (tests/api/test_statement_counts.py) and the benchmark (tests/benchmarks/bench_statements.py).
 
-What the audit trail writes is kept apart (`audit`): how `record_event` appends (today a
-chain-head lock and several statements per event, soon one plain insert) is the audit
-trail's business, so a hot path's budget counts only its own statements (`own`)."""
+What the audit trail sends is kept apart (`audit`: any statement on an audit_* table), so
+a hot path's budget counts only its own statements (`own`). Within a request that is only
+appending: `record_event` adds the event and the unit of work's flush sends plain
+INSERTs INTO audit_events (one batch on PostgreSQL; on SQLite, whose driver can't batch
+an INSERT that returns the new seqs, up to one per event), with no lock and no read or
+write of the chain head (audit_head). Sealing — hashing events in seq order and
+moving the head — is a separate scheduler job (portal/services/audit.py `seal_pending`,
+run by portal/jobs.py `seal_audit`), outside any request's count."""
 from __future__ import annotations
 
 import re

@@ -356,6 +356,43 @@ def test_audit_checkpoint_seals_and_prints_one_line_that_verify_holds_the_chain_
         in truncated.output
 
 
+def rewind_head_to(seq: int) -> None:
+    db.session.execute(text(
+        "UPDATE audit_head SET chain_index = :seq, seq = :seq, chain_hash = "
+        "(SELECT chain_hash FROM audit_events WHERE seq = :seq)"), {"seq": seq})
+
+
+@pytest.mark.parametrize("rewrite", ["other events", "the same event edited"])
+def test_audit_verify_finds_history_rewritten_since_the_checkpoint(runner, make, rewrite):
+    """Not a truncation: the chain is as long as before, consistent, and sealed under the
+    key (re-sealed by the sealing job itself), but it is another history."""
+    make.user("tech@example.com")
+    line = ok(runner, "audit", "checkpoint").output.strip()  # seq=3 position=3
+    make.user("other@example.com")
+    seal()
+    if rewrite == "other events":  # the newest events deleted, different ones appended
+        db.session.execute(text("DELETE FROM audit_events WHERE seq > 2"))
+        rewind_head_to(2)
+        db.session.commit()
+        make.user("mallory@example.com")  # seq 7 on, or 3 on again where SQLite reuses ids
+    else:  # event #3 changed in place and chained again from the head before it
+        db.session.execute(text("DELETE FROM audit_events WHERE seq > 3"))
+        db.session.execute(text(
+            "UPDATE audit_events SET actor = 'mallory', chain_index = NULL, leaf_hash = NULL, "
+            "chain_hash = NULL WHERE seq = 3"))
+        rewind_head_to(2)
+        db.session.commit()
+    seal()
+    assert "Audit trail intact" in ok(runner, "audit", "verify").output  # by itself
+    third = db.session.scalar(select(AuditEvent.seq).where(AuditEvent.chain_index == 3))
+    assert third is not None  # not a truncation: position 3 is there again
+    expected = f"event #{third} (chain position 3)"
+    result = invoke(runner, "audit", "verify", "--checkpoint", line)
+    assert result.exit_code == 1
+    assert (f"Audit trail broken at {expected}: rewritten since the checkpoint: position 3 "
+            "no longer holds event #3 with the checkpoint's hash") in result.output
+
+
 def test_audit_verify_refuses_a_line_that_is_not_a_checkpoint(runner, make):
     result = invoke(runner, "audit", "verify", "--checkpoint", "seq=3 hash=abc")
     assert result.exit_code == 2

@@ -180,6 +180,26 @@ def test_reordering_contents_between_two_events_is_reported():
     assert check(chain, head=head_of(build_chain())).chain_index == 2
 
 
+def test_moving_the_last_event_before_the_one_before_it_is_reported():
+    chain = build_chain()
+    fourth, last = chain[3], chain[4]
+    chain[3] = dataclasses.replace(last, chain_index=4)
+    chain[4] = dataclasses.replace(fourth, chain_index=5)
+    broken = check(chain, head=head_of(build_chain()))
+    assert (broken.seq, broken.chain_index) == (5, 4)
+    assert "does not follow the event before it (reordered" in broken.reason
+
+
+def test_swapping_the_last_two_events_contents_is_reported():
+    chain = build_chain()
+    fourth, last = chain[3], chain[4]
+    chain[3] = dataclasses.replace(fourth, fields=dataclasses.replace(last.fields, seq=4))
+    chain[4] = dataclasses.replace(last, fields=dataclasses.replace(fourth.fields, seq=5))
+    broken = check(chain, head=head_of(build_chain()))
+    assert (broken.seq, broken.chain_index) == (4, 4)
+    assert "edited" in broken.reason
+
+
 def test_only_the_first_break_is_reported():
     chain = build_chain()
     for position in (1, 3):
@@ -210,6 +230,15 @@ def test_a_head_with_the_right_position_but_another_hash_is_a_break():
     chain = build_chain()
     head = dataclasses.replace(head_of(chain), hash="0" * 64)
     assert "hash does not match" in check(chain, head=head).reason
+
+
+def test_a_head_with_the_right_position_and_hash_but_another_seq_is_a_break():
+    chain = build_chain()
+    head = dataclasses.replace(head_of(chain), seq=4)
+    broken = check(chain, head=head)
+    assert (broken.seq, broken.chain_index) == (None, 5)
+    assert broken.reason == ("the head names event #4 at position 5, but the chain ends "
+                             "with event #5 at position 5")
 
 
 def test_a_head_naming_sealed_events_over_an_empty_chain_is_a_break():

@@ -162,8 +162,11 @@ def test_appending_waits_for_no_other_writer(app):
 
 
 def test_two_sealers_at_once_seal_each_event_once(app):
+    """Real threads, each with its own app context and session: on PostgreSQL they take
+    turns on the head row; on SQLite (a file, as in production: two schedulers do run
+    at once there) on the write lock, which they must take before reading the head."""
     if not is_postgresql():
-        pytest.skip("PostgreSQL: real concurrent sealers")
+        assert db.engine.url.database not in (None, "", ":memory:")  # a file, many connections
     record(200, seal=False)
     barrier = threading.Barrier(4)
     counts = []
@@ -185,9 +188,13 @@ def test_two_sealers_at_once_seal_each_event_once(app):
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sum(counts) == 200
-    assert sorted(e.chain_index for e in stored()) == list(range(1, 201))
-    assert verify_audit_chain() == (200, None)
+    assert len(counts) == 4 and sum(counts) == 200
+    events = stored()
+    assert [e.chain_index for e in events] == list(range(1, 201))  # each once, in seq order
+    head = db.session.get(AuditHead, 1)
+    assert (head.chain_index, head.seq, head.chain_hash) == (200, 200, events[-1].chain_hash)
+    result = verify_trail()
+    assert (result.checked, result.broken, result.unsealed) == (200, None, 0)
 
 
 def test_recorded_event_keeps_what_happened(app):
@@ -278,6 +285,41 @@ def test_reordering_two_events_by_hand_is_detected(app):
     tamper("UPDATE audit_events SET chain_index = 2 WHERE seq = 3")
     tamper("UPDATE audit_events SET chain_index = 3 WHERE seq = 2")
     assert verify_audit_chain()[1].chain_index == 2
+
+
+def test_moving_the_last_event_before_the_one_before_it_is_detected(app):
+    record(5)
+    tamper("UPDATE audit_events SET chain_index = -1 WHERE seq = 5")
+    tamper("UPDATE audit_events SET chain_index = 5 WHERE seq = 4")
+    tamper("UPDATE audit_events SET chain_index = 4 WHERE seq = 5")
+    checked, broken = verify_audit_chain()
+    assert (checked, broken.seq, broken.chain_index) == (3, 5, 4)
+    assert "does not follow the event before it (reordered" in broken.reason
+
+
+def test_swapping_the_last_two_events_contents_is_detected(app):
+    record(5)
+    four, five = stored()[3:5]
+    swap = ("UPDATE audit_events SET details = :details, occurred_at = :at WHERE seq = :seq")
+    naive = db.engine.dialect.name == "sqlite"  # stored as naive UTC there
+
+    def at(event):
+        return event.occurred_at.replace(tzinfo=None) if naive else event.occurred_at
+
+    tamper(swap, details=json.dumps(five.details), at=at(five), seq=4)
+    tamper(swap, details=json.dumps(four.details), at=at(four), seq=5)
+    checked, broken = verify_audit_chain()
+    assert (checked, broken.seq, broken.chain_index) == (3, 4, 4)
+    assert "edited" in broken.reason
+
+
+def test_a_head_at_the_right_position_naming_another_event_is_detected(app):
+    record(5)
+    tamper("UPDATE audit_head SET seq = 4")  # position and hash still the last event's
+    checked, broken = verify_audit_chain()
+    assert (checked, broken.seq, broken.chain_index) == (5, None, 5)
+    assert broken.reason == ("the head names event #4 at position 5, but the chain ends "
+                             "with event #5 at position 5")
 
 
 def test_deleting_the_head_is_detected_and_sealing_stops(app):
