@@ -116,6 +116,14 @@ class Factory:
         db.session.commit()
         return group
 
+    def allow_otp(self, department, actor=CLI, **settings):
+        """Turn one-time passwords on for the department (and any other settings given)."""
+        values = {**departments.settings_values(department.settings), "is_otp_allowed": True,
+                  **settings}
+        departments.update_settings(department=department, values=values, actor=actor,
+                                    now=NOW)
+        db.session.commit()
+
     def device(self, department, name="WIN-0859G9I39J0", group=None, os="Windows 11",
                ip="10.0.0.5"):
         device, _token = devices.create_device(

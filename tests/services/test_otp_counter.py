@@ -13,7 +13,7 @@ from sqlalchemy import select
 from portal.domain import otp as rules
 from portal.extensions import db
 from portal.models import AuditEvent, OtpFailureCounter
-from portal.services import departments, devices, otp
+from portal.services import devices, otp
 from portal.services.actors import Actor
 
 DEVICE = "WIN-COUNTER-01"
@@ -33,8 +33,7 @@ STATES = ([None]
 @pytest.fixture
 def device(make):
     department = make.department("QA Team")
-    values = {**departments.settings_values(department.settings), "is_otp_allowed": True}
-    departments.update_settings(department=department, values=values, actor=ACTOR, now=NOW)
+    make.allow_otp(department, ACTOR)
     made, _token = devices.create_device(department=department, name=DEVICE, actor=ACTOR,
                                          now=NOW)
     db.session.commit()

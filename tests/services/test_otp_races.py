@@ -14,7 +14,7 @@ from portal import unit_of_work
 from portal.domain.errors import TooSoonError
 from portal.extensions import db
 from portal.models import AuditEvent, ClientSession, Device, OneTimePassword
-from portal.services import departments, devices, otp
+from portal.services import devices, otp
 from portal.services.actors import Actor
 
 pytestmark = [
@@ -31,8 +31,7 @@ ACTOR = Actor(label=f"device:{DEVICE}")
 @pytest.fixture
 def device_id(make):
     department = make.department("QA Team")
-    values = {**departments.settings_values(department.settings), "is_otp_allowed": True}
-    departments.update_settings(department=department, values=values, actor=ACTOR, now=NOW)
+    make.allow_otp(department, ACTOR)
     device, _token = devices.create_device(department=department, name=DEVICE, actor=ACTOR,
                                            now=NOW)
     db.session.commit()

@@ -103,9 +103,7 @@ def test_an_otp_request_s_link_comes_as_an_entity(app, client, make):
     make.user("approver@example.com", "approver", department)
     device, device_token = devices.create_device(department=department, name="PC-1",
                                                  actor=CLI, now=NOW)
-    values = {**departments.settings_values(department.settings), "is_otp_allowed": True}
-    departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
-    db.session.commit()
+    make.allow_otp(department)
     assert client.post("/api/v1/agent/otp/request",
                        json={"username": "jsmith", "email": "j.smith@example.com"},
                        headers={"Authorization": f"Bearer {device_token}"}

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from portal.extensions import db
 from portal.jobs import expire_overdue
 from portal.models import AuditEvent, OneTimePassword, OtpAccessRequest, OutboxMessage
-from portal.services import departments, devices
+from portal.services import devices
 from portal.services.actors import CLI
 
 DEVICE = "WIN-0859G9I39J0"
@@ -33,9 +33,7 @@ def qa(make):
     device, department.device_token = devices.create_device(
         department=department, name=DEVICE, actor=CLI, now=NOW)
     department.device_id = device.id
-    values = {**departments.settings_values(department.settings), "is_otp_allowed": True}
-    departments.update_settings(department=department, values=values, actor=CLI, now=NOW)
-    db.session.commit()
+    make.allow_otp(department)
     return department
 
 
