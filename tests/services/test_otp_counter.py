@@ -13,7 +13,7 @@ from sqlalchemy import select
 from portal.domain import otp as rules
 from portal.extensions import db
 from portal.models import AuditEvent, OtpFailureCounter
-from portal.services import devices, otp
+from portal.services import otp
 from portal.services.actors import Actor
 
 DEVICE = "WIN-COUNTER-01"
@@ -34,10 +34,7 @@ STATES = ([None]
 def device(make):
     department = make.department("QA Team")
     make.allow_otp(department, ACTOR)
-    made, _token = devices.create_device(department=department, name=DEVICE, actor=ACTOR,
-                                         now=NOW)
-    db.session.commit()
-    return made
+    return make.device(department, name=DEVICE)
 
 
 def _stored() -> rules.FailureCount | None:

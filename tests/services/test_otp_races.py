@@ -14,7 +14,7 @@ from portal import unit_of_work
 from portal.domain.errors import TooSoonError
 from portal.extensions import db
 from portal.models import AuditEvent, ClientSession, Device, OneTimePassword
-from portal.services import devices, otp
+from portal.services import otp
 from portal.services.actors import Actor
 
 pytestmark = [
@@ -32,10 +32,7 @@ ACTOR = Actor(label=f"device:{DEVICE}")
 def device_id(make):
     department = make.department("QA Team")
     make.allow_otp(department, ACTOR)
-    device, _token = devices.create_device(department=department, name=DEVICE, actor=ACTOR,
-                                           now=NOW)
-    db.session.commit()
-    return device.id
+    return make.device(department, name=DEVICE).id
 
 
 def together(app, count: int, act) -> list:
