@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.domain import audit as chain
 from portal.domain.audit import ChainBreak, Checkpoint, EventFields, Head, SealedEvent, scrub
@@ -20,6 +19,7 @@ from portal.domain.errors import AuditHeadMissingError
 from portal.extensions import db
 from portal.models import AuditEvent, AuditHead
 from portal.models.audit import DEVICE_LENGTH
+from portal.services import upserts
 from portal.services.actors import Actor
 
 SEAL_BATCH = 1000
@@ -101,10 +101,9 @@ _INSERT_EVENTS = _events.insert()
 def record_events(events: list[dict[str, Any]]) -> None:
     """Insert many events at once, each given as record_event's keyword arguments: one
     bulk INSERT now, without an ORM object per event (a sweep over hundreds of requests)."""
-    if len(events) == 1:  # one row's INSERT, not the driver's executemany
-        db.session.connection().execute(_INSERT_EVENTS, _values(**events[0]))
-    elif events:
-        db.session.connection().execute(_INSERT_EVENTS, [_values(**event) for event in events])
+    rows = [_values(**event) for event in events]
+    if rows:  # one row as one row's INSERT, not the driver's executemany
+        db.session.connection().execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
 
 
 def _fields(row) -> EventFields:
@@ -153,8 +152,7 @@ def _take_the_sealers_turn() -> AuditHead:
 
 def _insert_head_if_missing():
     values = {"id": 1, "chain_index": 0, "seq": 0, "chain_hash": chain.GENESIS_HASH}
-    dialect = postgresql if db.engine.dialect.name == "postgresql" else sqlite
-    return dialect.insert(AuditHead).values(**values).on_conflict_do_nothing()
+    return upserts.insert(AuditHead).values(**values).on_conflict_do_nothing()
 
 
 def _nothing_to_seal() -> bool:

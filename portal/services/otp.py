@@ -15,7 +15,6 @@ from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, case, null, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.domain import otp as rules
 from portal.domain.errors import (
@@ -34,7 +33,7 @@ from portal.models import (
     OtpAccessRequest,
     OtpFailureCounter,
 )
-from portal.services import authz, crypto, mail, transitions
+from portal.services import authz, crypto, mail, transitions, upserts
 from portal.services.actors import Actor
 from portal.services.audit import record_event, record_events
 from portal.services.requests import MAX_REASON, clean_text
@@ -233,7 +232,7 @@ def _counter_statements(dialect: str):
       writing it, was two statements (two round trips) where one does. The test beside
       after_failure's checks that both give the same answer from every state.
     """
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_COUNTERS)
+    insert = upserts.insert(_COUNTERS, dialect)
     now = bindparam("now", type_=_COUNTERS.c.locked_until.type)
     returning = (_COUNTERS.c.failures, _COUNTERS.c.locked_until)
     lock = (insert.values(**_KEY, failures=0, locked_until=None)

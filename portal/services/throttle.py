@@ -18,19 +18,11 @@ from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import case, delete, literal, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from portal.extensions import db
 from portal.models import LoginThrottle
 from portal.models.types import UTCDateTime
-
-
-def _insert(dialect: str):
-    if dialect == "postgresql":
-        return postgresql.insert(LoginThrottle)
-    if dialect == "sqlite":
-        return sqlite.insert(LoginThrottle)
-    raise NotImplementedError(f"no sign-in throttle upsert for {dialect}")
+from portal.services import upserts
 
 
 def _at(value: datetime):
@@ -46,7 +38,7 @@ def _count(key: str, limit: int, now: datetime) -> tuple[int, datetime | None]:
     locked = row.locked_until > now
     starts_over = or_(row.locked_until.is_not(None), row.window_started_at < now - window)
     failures = case((locked, row.failures + 1), (starts_over, 1), else_=row.failures + 1)
-    statement = _insert(db.engine.dialect.name).values(
+    statement = upserts.insert(LoginThrottle).values(
         key=key, failures=1, window_started_at=now,
         locked_until=lock_ends if limit <= 1 else None,
     )
